@@ -1,0 +1,43 @@
+# The two commands of the README: `make train` and `make test`. Both set up first;
+# set-up is skipped when setup.cfg, pyproject.toml and constraints.txt are unchanged.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ember-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data train test lint bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c constraints.txt
+	@touch $@
+
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian's dataset-fashion-mnist (FashionMNIST) ..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "warning: could not install dataset-fashion-mnist; pass --data-root or set EMBER_DATA to train on FashionMNIST"; \
+	else \
+		echo "note: apt-get is not usable here; install dataset-fashion-mnist, or pass --data-root / set EMBER_DATA"; \
+	fi
+
+train: setup
+	$(BIN)/ember train fashion-mnist-mlp $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ember tests benchmarks
+
+test: setup lint
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c constraints.txt
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/throughput.py --device cpu --recipe fashion-mnist-mlp
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,194 @@
+"""ember's Engine fires the same events, in the same order and with the same counters, as ignite's Engine."""
+
+from collections.abc import Callable
+
+import pytest
+from ignite.engine import Engine as IgniteEngine
+from ignite.engine import Events as IgniteEvents
+
+from ember.engine import Engine, Events
+
+NAMES = [
+    "STARTED",
+    "EPOCH_STARTED",
+    "GET_BATCH_STARTED",
+    "GET_BATCH_COMPLETED",
+    "ITERATION_STARTED",
+    "ITERATION_COMPLETED",
+    "EPOCH_COMPLETED",
+    "COMPLETED",
+    "TERMINATE",
+    "TERMINATE_SINGLE_EPOCH",
+]
+
+
+def record(engine, events, log: list) -> None:
+    """Attach a recorder of (event, epoch, iteration) to every event."""
+    for name in NAMES:
+        engine.add_event_handler(
+            getattr(events, name), lambda e, n=name, **_: log.append((n, e.state.epoch, e.state.iteration))
+        )
+
+
+def both(program: Callable) -> tuple[list, list]:
+    """Run `program(EngineClass, EventsClass, log)` on ember and on ignite; return both logs."""
+    logs = []
+    for engine_cls, events in ((Engine, Events), (IgniteEngine, IgniteEvents)):
+        log: list = []
+        program(engine_cls, events, log)
+        logs.append(log)
+    return logs[0], logs[1]
+
+
+def make(engine_cls, events, log, step=lambda e, b: b):
+    engine = engine_cls(step)
+    record(engine, events, log)
+    return engine
+
+
+def test_plain_run():
+    def program(E, Ev, log):
+        make(E, Ev, log).run(list(range(4)), max_epochs=3)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert len(ours) > 40
+
+
+@pytest.mark.parametrize("at", [1, 5, 8, 12])
+def test_terminate_mid_epoch_and_at_boundaries(at):
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=at), lambda e: e.terminate())
+        engine.run(list(range(4)), max_epochs=3)
+        log.append(("state", engine.state.epoch, engine.state.iteration))
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert ("TERMINATE", (at - 1) // 4 + 1, at) in ours
+
+
+@pytest.mark.parametrize("event", ["STARTED", "EPOCH_STARTED", "GET_BATCH_STARTED", "ITERATION_STARTED"])
+def test_terminate_from_other_events(event):
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(getattr(Ev, event), lambda e: e.terminate() if e.state.iteration >= 2 or
+                                 event in ("STARTED", "EPOCH_STARTED") else None)
+        engine.run(list(range(3)), max_epochs=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_terminate_epoch(skip):
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=[2, 9]), lambda e: e.terminate_epoch(skip))
+        engine.run(list(range(4)), max_epochs=3)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert sum(1 for n, *_ in ours if n == "TERMINATE_SINGLE_EPOCH") == 2
+
+
+def test_terminate_skip_completed():
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=3), lambda e: e.terminate(skip_completed=True))
+        engine.run(list(range(4)), max_epochs=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert "COMPLETED" not in [n for n, *_ in ours]
+
+
+def test_epoch_length_shorter_than_data_continues_the_stream():
+    def program(E, Ev, log):
+        seen = []
+        engine = make(E, Ev, log, step=lambda e, b: seen.append(b))
+        engine.run(list(range(5)), max_epochs=4, epoch_length=3)
+        log.append(("batches", tuple(seen), 0))
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert ours[-1] == ("batches", (0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1), 0)
+
+
+def test_generator_data_with_and_without_epoch_length():
+    def program(E, Ev, log):
+        make(E, Ev, log).run(iter(range(7)), max_epochs=2, epoch_length=3)
+        make(E, Ev, log).run((i for i in range(4)), max_epochs=1)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+
+
+def test_no_data_with_epoch_length():
+    def program(E, Ev, log):
+        make(E, Ev, log, step=lambda e, b: log.append(("batch", b, 0))).run(None, max_epochs=2, epoch_length=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert ("batch", None, 0) in ours
+
+
+def test_filters():
+    def program(E, Ev, log):
+        engine = E(lambda e, b: b)
+        filters = {
+            "every3": Ev.ITERATION_COMPLETED(every=3),
+            "once": Ev.ITERATION_COMPLETED(once=[2, 7]),
+            "once_int": Ev.EPOCH_COMPLETED(once=2),
+            "between": Ev.ITERATION_STARTED(before=9, after=4),
+            "custom": Ev.ITERATION_COMPLETED(event_filter=lambda e, n: n in (1, 4, 10)),
+            "epoch_every": Ev.EPOCH_STARTED(every=2),
+            "or": Ev.STARTED | Ev.COMPLETED | Ev.EPOCH_COMPLETED(every=3),
+        }
+        for name, ev in filters.items():
+            engine.add_event_handler(ev, lambda e, n=name: log.append((n, e.state.epoch, e.state.iteration)))
+        engine.run(list(range(4)), max_epochs=4)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert [x for x in ours if x[0] == "once"] == [("once", 1, 2), ("once", 2, 7)]
+
+
+def test_resume_after_terminate_and_after_finish():
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=6), lambda e: e.terminate())
+        engine.run(list(range(4)), max_epochs=2)
+        engine.run(list(range(4)), max_epochs=4)
+        engine.run(list(range(4)), max_epochs=5)
+        log.append(("state", engine.state.epoch, engine.state.iteration))
+
+    ours, theirs = both(program)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("iteration", [0, 4, 6, 11])
+def test_resume_from_state_dict(iteration):
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.load_state_dict({"iteration": iteration, "max_epochs": 4, "epoch_length": 4})
+        engine.run(list(range(4)))
+        log.append(("state", engine.state.epoch, engine.state.iteration))
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert ours[-1] == ("state", 4, 16)
+
+
+def test_custom_events_fire_with_counters():
+    def program(E, Ev, log):
+        engine = E(lambda e, b: e.fire_event("my_event") if b % 2 else None)
+        engine.register_events("my_event", event_to_attr={"my_event": "my_count"})
+        engine.add_event_handler(Ev.ITERATION_STARTED, lambda e: setattr(e.state, "my_count", e.state.iteration))
+        engine.add_event_handler("my_event", lambda e: log.append(("my", e.state.epoch, e.state.iteration)))
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(every=2), lambda e: log.append(("it", 0, e.state.iteration)))
+        engine.run(list(range(5)), max_epochs=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    assert len([x for x in ours if x[0] == "my"]) == 4
