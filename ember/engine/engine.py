@@ -26,7 +26,7 @@ class _TerminateEpoch(Exception):
 class _Handler:
     """One registered handler, with its engine-first binding resolved once at registration."""
 
-    __slots__ = ("handler", "prefix", "args", "kwargs", "call", "filter", "attr")
+    __slots__ = ("handler", "prefix", "args", "kwargs", "call", "filter", "attr", "every")
 
     def __init__(self, handler: Callable, prefix: tuple, args: tuple, kwargs: dict, flt: Any, attr: str | None):
         self.handler = handler
@@ -36,6 +36,7 @@ class _Handler:
         self.call = functools.partial(handler, *prefix, *args, **kwargs)
         self.filter = flt
         self.attr = attr
+        self.every = getattr(flt, "every", 0) if attr is not None else 0
 
 
 class RemovableEventHandle:
@@ -184,19 +185,23 @@ class Engine:
         self._fire(event)
 
     def _fire(self, event: Any, *event_args: Any) -> None:
-        handlers = self._handlers[event]
-        if event not in EVENT_TO_ATTR:
+        self._fire_handlers(self._handlers[event], event, event_args)
+
+    def _fire_handlers(self, handlers: list[_Handler], event: Any, event_args: tuple = ()) -> None:
+        if not isinstance(event, Events):
             self._fire_counts[event] = self._fire_counts.get(event, 0) + 1
+        state = self.state
         for h in handlers[:]:
-            if h.filter is not None and not h.filter(self, self._count(event, h.attr)):
-                continue
+            if h.filter is not None:
+                if h.every:
+                    if getattr(state, h.attr) % h.every:
+                        continue
+                elif not h.filter(self, getattr(state, h.attr) if h.attr else self._fire_counts.get(event, 0)):
+                    continue
             if event_args:
                 h.handler(*h.prefix, *event_args, *h.args, **h.kwargs)
             else:
                 h.call()
-
-    def _count(self, event: Any, attr: str | None) -> int:
-        return getattr(self.state, attr) if attr is not None else self._fire_counts.get(event, 0)
 
     # ------------------------------------------------------------------ control
     def terminate(self, skip_completed: bool = False) -> None:
@@ -384,7 +389,7 @@ class Engine:
                 counter += 1
                 s.iteration += 1
                 if it_started:
-                    self._fire(Events.ITERATION_STARTED)
+                    self._fire_handlers(it_started, Events.ITERATION_STARTED)
                     self._check()
                 try:
                     s.output = process(self, s.batch)
@@ -393,7 +398,7 @@ class Engine:
                                  f"{s.iteration}; batch: {describe(s.batch)}")
                     raise
                 if it_completed:
-                    self._fire(Events.ITERATION_COMPLETED)
+                    self._fire_handlers(it_completed, Events.ITERATION_COMPLETED)
                 if self.should_terminate or self.should_terminate_single_epoch:
                     self._check()
                 if counter == s.epoch_length:
