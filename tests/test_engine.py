@@ -283,3 +283,19 @@ def test_evaluator_accepts_plain_metric_objects_and_rejects_others():
     assert not model.training
     with pytest.raises(TypeError, match="reset"):
         create_evaluator(model, {"bad": object()})
+
+
+def test_bound_methods_are_found_and_removed():
+    class Counter:
+        n = 0
+
+        def tick(self, engine):
+            self.n += 1
+
+    engine = Engine(lambda e, b: b)
+    c = Counter()
+    engine.add_event_handler(Events.ITERATION_COMPLETED, c.tick)
+    assert engine.has_event_handler(c.tick, Events.ITERATION_COMPLETED)
+    engine.remove_event_handler(c.tick, Events.ITERATION_COMPLETED)
+    engine.run([1, 2])
+    assert c.n == 0

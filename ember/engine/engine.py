@@ -162,13 +162,13 @@ class Engine:
     def has_event_handler(self, handler: Callable, event: Any | None = None) -> bool:
         """True if `handler` is attached (to `event`, or to any event)."""
         events = [event.event if isinstance(event, FilteredEvent) else event] if event is not None else self._handlers
-        return any(h.handler is handler for e in events for h in self._handlers.get(e, []))
+        return any(h.handler == handler for e in events for h in self._handlers.get(e, []))
 
     def remove_event_handler(self, handler: Callable, event: Any) -> None:
         """Detach every registration of `handler` on `event`."""
         event = event.event if isinstance(event, FilteredEvent) else event
         handlers = self._handlers.get(event, [])
-        kept = [h for h in handlers if h.handler is not handler]
+        kept = [h for h in handlers if h.handler != handler]
         if len(kept) == len(handlers):
             raise ValueError(f"{handler!r} is not attached to {event!r}")
         handlers[:] = kept

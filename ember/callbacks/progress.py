@@ -1,0 +1,169 @@
+"""A tqdm progress bar per epoch (over iterations) or per run (over epochs), with a throttled loss postfix."""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ember.engine import Engine, Events
+
+
+def as_float(value: Any) -> float | None:
+    """The Python float of a one-element tensor/array or a real number, else None (reading a tensor syncs)."""
+    if isinstance(value, torch.Tensor):
+        return float(value.item()) if value.numel() == 1 else None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return float(value.item())
+    return None
+
+
+def is_rank_zero() -> bool:
+    """True unless torch.distributed is initialized and this process is not rank 0 (only rank 0 reports)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """Shows training progress with tqdm, reading the loss only every `refresh_every` iterations.
+
+    `per="epoch"`: one bar per epoch over its iterations; `per="run"`: one bar over the run's epochs (like
+    `tqdm.trange(epochs)`). `enabled=None` shows the bar only when both sys.stdout and the bar's stream
+    (`file`, default sys.stderr) are terminals, so logs redirected to a file stay clean. The postfix shows
+    `loss=` from `output_transform(engine.state.output)` (default: the output itself) when it is a number or a
+    one-element tensor; other outputs (an evaluator's `(y_pred, y)`) show no postfix. Extra keyword
+    arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        per: str = "epoch",
+        refresh_every: int = 10,
+        enabled: bool | None = None,
+        file: IO[str] | None = None,
+        desc: str | None = None,
+        output_transform: Callable[[Any], Any] | None = None,
+        mininterval: float = 0.1,
+        **tqdm_kwargs: Any,
+    ) -> None:
+        if per not in ("epoch", "run"):
+            raise ValueError(f"per must be 'epoch' (a bar per epoch) or 'run' (one bar over epochs), got {per!r}")
+        if not isinstance(refresh_every, int) or refresh_every < 1:
+            raise ValueError(f"refresh_every must be a positive number of iterations, got {refresh_every!r}")
+        self.per = per
+        self.refresh_every = refresh_every
+        self.enabled = enabled
+        self.file = file
+        self.desc = desc
+        self.output_transform = output_transform
+        self.mininterval = mininterval
+        self.tqdm_kwargs = tqdm_kwargs
+        self.bar: tqdm | None = None
+        self._epoch_start = 0
+        self._last_refresh = 0.0
+
+    def _is_enabled(self, stream: Any) -> bool:
+        if self.enabled is not None:
+            return bool(self.enabled)
+        return _isatty(sys.stdout) and _isatty(stream)
+
+    def attach(self, engine: Engine) -> None:
+        """Register the bar's handlers on `engine` (nothing when disabled or not on rank 0)."""
+        stream = self.file if self.file is not None else sys.stderr
+        if not self._is_enabled(stream) or not is_rank_zero():
+            return
+        self._stream = stream
+        if self.per == "epoch":
+            engine.add_event_handler(Events.EPOCH_STARTED, self._open_epoch_bar)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish_epoch_bar)
+        else:
+            engine.add_event_handler(Events.STARTED, self._open_run_bar)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._advance_run_bar)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.refresh_every), self._refresh)
+        engine.add_event_handler(Events.COMPLETED | Events.TERMINATE, self.close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _new_bar(self, total: int | None, initial: int, desc: str, unit: str) -> tqdm:
+        self.close()
+        kwargs = {"mininterval": self.mininterval, "unit": unit, **self.tqdm_kwargs}
+        self._last_refresh = time.monotonic()
+        return tqdm(total=total, initial=initial, desc=desc, file=self._stream, **kwargs)
+
+    def _open_epoch_bar(self, engine: Engine) -> None:
+        s = engine.state
+        if s.epoch_length:
+            self._epoch_start = (s.epoch - 1) * s.epoch_length
+        else:
+            self._epoch_start = s.iteration
+        prefix = self.desc if self.desc is not None else "Epoch"
+        self.bar = self._new_bar(
+            s.epoch_length, s.iteration - self._epoch_start, f"{prefix} {s.epoch}/{s.max_epochs}", "it"
+        )
+
+    def _open_run_bar(self, engine: Engine) -> None:
+        s = engine.state
+        self.bar = self._new_bar(s.max_epochs, s.epoch, self.desc if self.desc is not None else "Epochs", "epoch")
+
+    def _set_loss(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = as_float(self.output_transform(output) if self.output_transform is not None else output)
+        if loss is not None and self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def _refresh(self, engine: Engine) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        self._set_loss(engine)
+        if self.per == "epoch":
+            bar.update(engine.state.iteration - self._epoch_start - bar.n)
+        else:
+            now = time.monotonic()
+            if now - self._last_refresh >= self.mininterval:
+                bar.refresh()
+                self._last_refresh = now
+
+    def _finish_epoch_bar(self, engine: Engine) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        position = engine.state.iteration - self._epoch_start
+        if position != bar.n:
+            self._set_loss(engine)
+            bar.update(position - bar.n)
+        self.close()
+
+    def _advance_run_bar(self, engine: Engine) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        if engine.state.iteration % self.refresh_every != 0:
+            self._set_loss(engine)
+        bar.update(engine.state.epoch - bar.n)
+        bar.refresh()
+
+    def _on_exception(self, engine: Engine, exc: BaseException) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Draw the bar's final state and close it; calling it again is harmless."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
