@@ -1,0 +1,98 @@
+"""Evaluate: runs an evaluator during training, copies its metrics into the trainer and fires an event."""
+
+from __future__ import annotations
+
+import numbers
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from ember.callbacks.loss_printer import as_number
+from ember.engine import Engine, EventEnum, Events, FilteredEvent
+
+# `Test Error: \n Accuracy: 49.9%, Avg loss: 2.116347 \n` (seed 000), for metrics named accuracy and loss.
+SEED000_EVAL_FMT = "Test Error: \n Accuracy: {accuracy_pct:>0.1f}%, Avg loss: {loss:>8f} \n"
+
+
+class EvalEvents(EventEnum):
+    """Events `Evaluate` fires on the trainer; filters work on them (`EvalEvents.EVALUATED(every=2)`)."""
+
+    EVALUATED = "evaluated"
+
+
+def register_eval_events(engine: Engine, event: Any) -> None:
+    """Register `event` on `engine` when it is an EvalEvents member, so handlers may attach before Evaluate."""
+    base = event.event if isinstance(event, FilteredEvent) else event
+    if isinstance(base, EvalEvents) and not engine.has_registered_events(base):
+        engine.register_events(base)
+
+
+class Evaluate:
+    """Runs `evaluator` on `loader` every n epochs (or iterations) of the trainer it is attached to.
+
+    The evaluator's metrics are copied into `trainer.state.metrics` as `prefix + name` (`val/accuracy`),
+    then `event_name` (default `EvalEvents.EVALUATED`) fires on the trainer so that handlers attached to it
+    (LRScheduler, EarlyStopping, loggers) run right after each evaluation. With `fmt`, a line is printed:
+    its fields are the metric names, `<name>_pct` (the metric times 100) for numeric metrics, and the
+    trainer's epoch, max_epochs and iteration.
+    """
+
+    def __init__(
+        self,
+        evaluator: Engine,
+        loader: Iterable,
+        *,
+        every_epochs: int | None = None,
+        every_iterations: int | None = None,
+        prefix: str = "val/",
+        fmt: str | None = None,
+        file: TextIO | None = None,
+        event_name: str | EventEnum = EvalEvents.EVALUATED,
+    ) -> None:
+        if every_epochs is not None and every_iterations is not None:
+            raise ValueError("give every_epochs or every_iterations, not both")
+        for name, value in (("every_epochs", every_epochs), ("every_iterations", every_iterations)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.evaluator = evaluator
+        self.loader = loader
+        self.every_epochs = every_epochs
+        self.every_iterations = every_iterations
+        self.prefix = prefix
+        self.fmt = fmt
+        self.file = file
+        self.event_name = event_name
+        self.metrics: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Evaluate on `engine`'s EPOCH_COMPLETED (or ITERATION_COMPLETED) and register the custom event."""
+        if not engine.has_registered_events(self.event_name):
+            engine.register_events(self.event_name)
+        if self.every_iterations is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_iterations), self.evaluate)
+        else:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs or 1), self.evaluate)
+
+    def evaluate(self, trainer: Engine) -> dict[str, Any]:
+        """Run the evaluator now, store and print its metrics, fire the event; returns the metrics."""
+        state = self.evaluator.run(self.loader)
+        self.metrics = dict(state.metrics)
+        for name, value in self.metrics.items():
+            trainer.state.metrics[self.prefix + name] = value
+        if self.fmt is not None:
+            print(self.fmt.format(**self._fields(trainer)), file=self.file or sys.stdout)
+        trainer.fire_event(self.event_name)
+        return self.metrics
+
+    def _fields(self, trainer: Engine) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "epoch": trainer.state.epoch,
+            "max_epochs": trainer.state.max_epochs,
+            "iteration": trainer.state.iteration,
+        }
+        for name, value in self.metrics.items():
+            value = as_number(value)
+            fields[name] = value
+            if isinstance(value, numbers.Real):
+                fields[f"{name}_pct"] = 100 * value
+        return fields

@@ -1,0 +1,91 @@
+"""LRScheduler: steps a torch.optim.lr_scheduler scheduler per epoch or per iteration and records the LR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from ember.callbacks.evaluate import register_eval_events
+from ember.callbacks.loss_printer import as_number
+from ember.engine import Engine, Events
+
+
+class LRScheduler:
+    """Steps `scheduler` at every EPOCH_COMPLETED (`per="epoch"`) or ITERATION_COMPLETED (`per="iteration"`).
+
+    `ReduceLROnPlateau` is stepped with `engine.state.metrics[monitor]` (e.g. "val/loss" from Evaluate).
+    Handlers of one event run in the order they were attached, so attach Evaluate before LRScheduler, or
+    pass `event=EvalEvents.EVALUATED` to step right after each evaluation. Before each step, the learning
+    rate in effect (the one the epoch or iteration just used) is stored in `state.metrics` as `lr`, or as
+    `lr/group{i}` when the optimizer has several parameter groups.
+    """
+
+    def __init__(
+        self, scheduler: Any, *, per: str = "epoch", monitor: str | None = None, event: Any | None = None
+    ) -> None:
+        if per not in ("epoch", "iteration"):
+            raise ValueError(f"per must be 'epoch' or 'iteration', got {per!r}")
+        if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "optimizer"):
+            raise TypeError(f"expected a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}")
+        self.plateau = isinstance(scheduler, ReduceLROnPlateau)
+        if self.plateau and monitor is None:
+            raise ValueError(
+                "ReduceLROnPlateau is stepped with a metric: pass monitor= the name of one in "
+                "engine.state.metrics, e.g. LRScheduler(scheduler, monitor='val/loss') after Evaluate"
+            )
+        if monitor is not None and not self.plateau:
+            raise ValueError(
+                f"monitor={monitor!r} is only used with ReduceLROnPlateau; "
+                f"{type(scheduler).__name__} steps without a metric, so leave monitor out"
+            )
+        self.scheduler = scheduler
+        self.per = per
+        self.monitor = monitor
+        self.event = event
+
+    def attach(self, engine: Engine) -> None:
+        """Record the starting LR at STARTED and step on the chosen event."""
+        engine.add_event_handler(Events.STARTED, self.record)
+        if self.event is not None:
+            event = self.event
+            register_eval_events(engine, event)
+        else:
+            event = Events.EPOCH_COMPLETED if self.per == "epoch" else Events.ITERATION_COMPLETED
+        engine.add_event_handler(event, self.step)
+
+    def lrs(self) -> list[float]:
+        """The current learning rate of each parameter group."""
+        return [float(group["lr"]) for group in self.scheduler.optimizer.param_groups]
+
+    def record(self, engine: Engine) -> None:
+        """Store the current learning rate(s) in `engine.state.metrics`."""
+        lrs = self.lrs()
+        if len(lrs) == 1:
+            engine.state.metrics["lr"] = lrs[0]
+        else:
+            for i, lr in enumerate(lrs):
+                engine.state.metrics[f"lr/group{i}"] = lr
+
+    def step(self, engine: Engine) -> None:
+        """Record the LR just used, then step the scheduler (with the monitored metric for a plateau)."""
+        self.record(engine)
+        if not self.plateau:
+            self.scheduler.step()
+            return
+        metrics = engine.state.metrics
+        if self.monitor not in metrics:
+            raise LookupError(
+                f"LRScheduler: metric {self.monitor!r} is not in engine.state.metrics (available: "
+                f"{sorted(metrics)}); attach Evaluate before LRScheduler, step on EvalEvents.EVALUATED, "
+                "or set monitor= to one of the available names"
+            )
+        self.scheduler.step(float(as_number(metrics[self.monitor])))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state, for checkpoints."""
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the scheduler's state from a checkpoint."""
+        self.scheduler.load_state_dict(state_dict)

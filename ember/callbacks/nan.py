@@ -1,0 +1,119 @@
+"""TerminateOnNan: stops training at the first non-finite loss, looking at the device only every n steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import torch
+
+from ember.callbacks.loss_printer import step_in_epoch
+from ember.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+
+def float_leaves(obj: Any) -> list[Any]:
+    """The floating-point tensors and Python floats in an output (tensor, number, sequence or mapping)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach()] if obj.is_floating_point() or obj.is_complex() else []
+    if isinstance(obj, float):
+        return [obj]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [leaf for item in obj for leaf in float_leaves(item)]
+    return []
+
+
+class TerminateOnNan:
+    """Terminates the run at the first NaN or infinity in the output (the loss, or any tensor in it).
+
+    Each step stores one on-device "all finite" flag in a small buffer (no sync); the buffer is read every
+    `check_every` steps, at the last step of each epoch (before any EPOCH_COMPLETED handler) and at
+    EPOCH_COMPLETED/COMPLETED. The first bad step is reported by epoch and iteration, stored as
+    `engine.state.terminated_on_nan = (epoch, iteration)` (None while all is well, so that a checkpoint
+    handler can refuse to save), printed to `file` (stderr by default) and logged; then the engine stops.
+    Steps after the bad one but before the check still ran: a smaller `check_every` stops sooner.
+    """
+
+    def __init__(
+        self,
+        *,
+        check_every: int = 50,
+        output_transform: Callable[[Any], Any] | None = None,
+        file: TextIO | None = None,
+    ) -> None:
+        if not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+        self.check_every = check_every
+        self.output_transform = output_transform
+        self.file = file
+        self.message: str | None = None
+        self._flags: torch.Tensor | None = None
+        self._steps: list[tuple[int, int, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Watch `engine`'s outputs."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+        engine.add_event_handler(Events.COMPLETED, self.check)
+
+    def _started(self, engine: Engine) -> None:
+        engine.state.terminated_on_nan = None  # type: ignore[attr-defined]
+        self.message = None
+        self._steps = []
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if self.message is not None:
+            return
+        output = engine.state.output
+        leaves = float_leaves(self.output_transform(output) if self.output_transform else output)
+        s = engine.state
+        bad = [x for x in leaves if not isinstance(x, torch.Tensor) and not math.isfinite(x)]
+        if bad:
+            self._report(engine, s.epoch, s.iteration, bad[0], len(leaves) == 1)
+            return
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        if tensors:
+            finite = torch.isfinite(tensors[0]).all()
+            for t in tensors[1:]:
+                finite = finite & torch.isfinite(t).all()
+            if self._flags is None or self._flags.device != finite.device:
+                self._flags = torch.ones(self.check_every, dtype=torch.bool, device=finite.device)
+            self._flags[len(self._steps)] = finite
+            loss = tensors[0] if len(leaves) == 1 and tensors[0].numel() == 1 else None
+            self._steps.append((s.epoch, s.iteration, loss))
+        if len(self._steps) == self.check_every or (s.epoch_length and step_in_epoch(engine) == s.epoch_length):
+            self.check(engine)
+
+    def check(self, engine: Engine) -> bool:
+        """Read the flags stored since the last check (one sync); True once a non-finite value was seen."""
+        if self.message is not None:
+            return True
+        n = len(self._steps)
+        if n == 0 or self._flags is None:
+            return False
+        flags = self._flags[:n]
+        if flags.all().item():
+            self._steps = []
+            return False
+        first = int((~flags).to(torch.uint8).argmax().item())
+        epoch, iteration, loss = self._steps[first]
+        self._steps = []
+        self._report(engine, epoch, iteration, loss, loss is not None)
+        return True
+
+    def _report(self, engine: Engine, epoch: int, iteration: int, value: Any, is_loss: bool) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        what = f"loss ({value})" if is_loss and value is not None else "output"
+        self.message = f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}; training stopped."
+        engine.state.terminated_on_nan = (epoch, iteration)  # type: ignore[attr-defined]
+        logger.error(self.message)
+        print(self.message, file=self.file or sys.stderr)
+        engine.terminate()
