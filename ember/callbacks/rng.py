@@ -1,0 +1,58 @@
+"""Capture and restore every global random number generator, in a form `torch.load(weights_only=True)` accepts."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of python `random`, numpy's global RNG, torch CPU and every initialised CUDA device."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+        "numpy": {
+            "bit_generator": str(np_name),
+            "key": [int(k) for k in np_key],
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    # Only when CUDA is already in use: querying it otherwise would create a context on every GPU.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generators from `get_rng_state()` output; parts that are absent are left as they are."""
+    if "python" in state:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
+    if "numpy" in state:
+        npst = state["numpy"]
+        key = np.asarray(npst["key"], dtype=np.uint32)
+        np.random.set_state(
+            (npst["bit_generator"], key, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"]))
+        )
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda")
+    if cuda_states and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if len(cuda_states) != count:
+            warnings.warn(
+                f"the checkpoint holds CUDA RNG states for {len(cuda_states)} devices but {count} are visible; "
+                f"restoring the first {min(count, len(cuda_states))}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        for index, cuda_state in enumerate(cuda_states[:count]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
