@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -151,6 +152,7 @@ class DeviceLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         _check_shard(num_replicas, rank)
+        self.dataset = dataset
         images, targets = dataset_tensors(dataset)
         if resize is not None:
             images = resize_images(images, resize)
@@ -366,4 +368,13 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        # Each iter() draws the workers' base seed from this generator: from the global one, a resumed run
+        # (which starts a new iterator mid-epoch) would shift every later Dropout mask and random draw.
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_sigint if num_workers > 0 else None,
     )
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Workers ignore Ctrl-C (sent to the whole process group) so the main process can stop gracefully."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
