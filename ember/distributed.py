@@ -1,0 +1,212 @@
+"""Data-parallel training on many GPUs or machines: torch.distributed set up from torchrun's environment.
+
+Start the script with `torchrun --nproc_per_node=N script.py`; call `init()` first, build data and model,
+shard the data by `rank()`/`world_size()`, wrap the model with `wrap_model`, and let only `is_main()` print,
+log and write files. In a plain single process every function here is a cheap no-op, so one script runs
+both ways.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "init",
+    "is_enabled",
+    "is_main",
+    "local_rank",
+    "main_only",
+    "rank",
+    "silence_non_main",
+    "unwrap",
+    "world_size",
+    "wrap_model",
+]
+
+T = TypeVar("T")
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_enabled() -> bool:
+    """True when a default process group is initialised, so collectives really communicate."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init(backend: str | None = None) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), pin this rank's GPU; True if distributed.
+
+    backend defaults to nccl when CUDA is available, else gloo. Calling it again, or in a plain single
+    process (no WORLD_SIZE, or WORLD_SIZE=1), changes nothing.
+    """
+    if is_enabled():
+        return True
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    if not dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE={world} but this PyTorch has no torch.distributed; run one process")
+    missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+            "start the processes with torchrun (e.g. `torchrun --nproc_per_node=2 ...`), which sets them all"
+        )
+    local = int(os.environ["LOCAL_RANK"])
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    device_id = None
+    if torch.cuda.is_available() and local < torch.cuda.device_count():
+        torch.cuda.set_device(local)
+        device_id = torch.device("cuda", local) if backend == "nccl" else None
+    elif backend == "nccl":
+        raise RuntimeError(
+            f"LOCAL_RANK={local} has no GPU: {torch.cuda.device_count()} visible on this machine; start at "
+            "most that many processes per machine (torchrun --nproc_per_node), or pass backend='gloo' for CPU"
+        )
+    dist.init_process_group(backend, device_id=device_id)
+    _sync_ignite()
+    return True
+
+
+def _sync_ignite() -> None:
+    """Let ignite.distributed (used by ignite's metrics) see the current group now, on every rank at once.
+
+    Its first look at a new group runs collectives; done lazily it could happen on rank 0 alone and hang.
+    """
+    try:
+        import ignite.distributed as idist
+    except ImportError:
+        return
+    idist.sync()
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if is_enabled() else 0
+
+
+def local_rank() -> int:
+    """This process's rank on its machine, which is also its GPU index (0 when not distributed)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_enabled() else 0
+
+
+def world_size() -> int:
+    """The number of processes training together (1 when not distributed)."""
+    return dist.get_world_size() if is_enabled() else 1
+
+
+def is_main() -> bool:
+    """True on the one process (rank 0) that prints, logs and writes files."""
+    return rank() == 0
+
+
+def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """Decorate `fn` to run on the main process only (elsewhere it returns None): `main_only(print)(...)`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T | None:
+        return fn(*args, **kwargs) if is_main() else None
+
+    return wrapper
+
+
+def silence_non_main() -> None:
+    """On ranks other than 0 send stdout to /dev/null, so each line prints once; stderr still shows errors."""
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")  # left open: it is stdout until the process ends
+
+
+def _comm_device() -> torch.device:
+    """Where collectives take their tensors: this rank's GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait until every process gets here (e.g. rank 0 has finished writing a checkpoint)."""
+    if not is_enabled():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def all_reduce_sum(value: T) -> T:
+    """The sum of a tensor or number over all processes, as a new value of the same kind and device."""
+    if not is_enabled():
+        return value
+    if isinstance(value, torch.Tensor):
+        summed = value.detach().to(_comm_device(), copy=True)
+        dist.all_reduce(summed)
+        return summed.to(value.device)  # type: ignore[return-value]
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"all_reduce_sum takes a tensor, int, float or bool, got {type(value).__name__}")
+    dtype = torch.float64 if isinstance(value, float) else torch.int64
+    summed = torch.tensor(value, dtype=dtype, device=_comm_device())
+    dist.all_reduce(summed)
+    return type(value)(summed.item())  # type: ignore[return-value]
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank `src`'s picklable `obj` on every process (e.g. a path or a seed chosen by rank 0)."""
+    if not is_enabled():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_comm_device())
+    return box[0]
+
+
+def wrap_model(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """Move `model` to `device`; when distributed, wrap it in DistributedDataParallel (gradient averaging).
+
+    DDP makes every rank start from rank 0's weights. Call it after `init()`, before creating the optimizer
+    or after (the parameters are the same objects).
+    """
+    if device is not None:
+        model = model.to(device)
+    if not is_enabled() or isinstance(model, nn.parallel.DistributedDataParallel):
+        return model
+    device = torch.device(device) if device is not None else _param_device(model)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return nn.parallel.DistributedDataParallel(model, device_ids=[index], output_device=index)
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def _param_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and/or torch.compile, e.g. for its state_dict."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def cleanup() -> None:
+    """Leave and destroy the process group (at the end of training); a no-op when not distributed."""
+    if not is_enabled():
+        return
+    dist.destroy_process_group()
+    _sync_ignite()
