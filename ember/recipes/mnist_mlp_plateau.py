@@ -1,0 +1,134 @@
+"""Seed 002, "Adjusting the learning rate in PyTorch": MNIST, a 784-256-128-10 MLP, SGD, an LR scheduler.
+
+The seed's epoch loop (train, validate, print the losses and the LR, then `scheduler.step(valid_loss)`)
+becomes handlers: the training-loss sum is kept on the device, Evaluate validates after each epoch and fires
+EVALUATED, on which the report is printed and then LRScheduler steps, in the seed's order. `--scheduler`
+picks one of the four schedulers the article shows, with its parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ignite.metrics import Accuracy
+from torch import nn
+from torch.optim import SGD
+from torch.optim.lr_scheduler import ExponentialLR, MultiStepLR, ReduceLROnPlateau, StepLR
+
+from ember.callbacks import EvalEvents, Evaluate, LRScheduler
+from ember.engine import Events, create_evaluator
+from ember.recipes.common import Recipe, RunContext
+
+SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
+    "plateau": lambda optimizer: ReduceLROnPlateau(optimizer, "min", patience=5),
+    "step": lambda optimizer: StepLR(optimizer, step_size=10, gamma=0.1),
+    "multistep": lambda optimizer: MultiStepLR(optimizer, milestones=[10, 30], gamma=0.1),
+    "exponential": lambda optimizer: ExponentialLR(optimizer, gamma=0.1),
+}
+
+
+class Net(nn.Module):
+    """The article's model: flatten, then 784-256-ReLU-128-ReLU-10 (its unused `lr`/`loss` attributes left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.out = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size = x.size(0)
+        x = x.view(batch_size, -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.out(x)
+
+
+class SeedLoss:
+    """The seed's loss figure: the sum over batches of `loss * data.size(0)`, divided by the number of batches.
+
+    That is the mean loss per sample times the mean batch size (about 32 times the usual mean loss), which
+    is what the seed prints and steps ReduceLROnPlateau with; it is reproduced as defined. The sum stays on
+    the device in float64 (the seed sums Python floats) and is read once, by `compute`.
+    """
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.loss_fn = loss_fn
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new sum."""
+        self.total: Any = 0.0
+        self.batches = 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        """Add one batch: its mean loss times its size, as the seed's `loss.item() * data.size(0)`."""
+        self.total = loss.detach().double() * n + self.total
+        self.batches += 1
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Add an evaluator batch `(y_pred, y)`."""
+        y_pred, y = output
+        self.add(self.loss_fn(y_pred, y), len(y))
+
+    def compute(self) -> Any:
+        """The figure: the sum divided by the number of batches (a device tensor)."""
+        return self.total / max(self.batches, 1)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe's own flag: which of the article's schedulers to use."""
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), default="plateau",
+                   help="plateau: ReduceLROnPlateau('min', patience=5) on the validation loss; step: StepLR(10, "
+                        "0.1); multistep: MultiStepLR([10, 30], 0.1); exponential: ExponentialLR(0.1)")
+
+
+def train(args: argparse.Namespace, run: RunContext) -> int:
+    trainloader = run.loader(train=True)
+    validloader = run.loader(train=False, shuffle=False)
+    model = run.model(Net())
+    optimizer = SGD(model.parameters(), lr=args.lr)
+    loss = nn.CrossEntropyLoss()
+    scheduler = SCHEDULERS[args.scheduler](optimizer)
+
+    trainer = run.trainer(model, optimizer, loss)
+    train_loss = SeedLoss()
+    trainer.on(Events.EPOCH_STARTED)(train_loss.reset)
+    trainer.on(Events.ITERATION_COMPLETED)(lambda e: train_loss.add(e.state.output, len(e.state.batch[1])))
+
+    metrics = {"accuracy": Accuracy(device=run.device), "loss": SeedLoss(loss)}
+    evaluator = create_evaluator(model, metrics, run.device, amp=args.amp)
+    trainer.add(Evaluate(evaluator, validloader))
+
+    @trainer.on(EvalEvents.EVALUATED)
+    def report(engine: Any) -> None:
+        curr_lr = optimizer.param_groups[0]["lr"]
+        m = engine.state.metrics
+        # The seed's line, with its loss figures (see SeedLoss); its backslash-continued f-string also
+        # printed the source's indentation after each tab, which is left out.
+        print(f"Epoch {engine.state.epoch - 1}\t Training Loss: {train_loss.compute().item()}\t "
+              f"Validation Loss:{m['val/loss']}\t LR:{curr_lr}")
+        print(f"\t Validation Accuracy: {100 * m['val/accuracy']:.2f}%")
+
+    monitor = "val/loss" if args.scheduler == "plateau" else None
+    trainer.add(LRScheduler(scheduler, monitor=monitor, event=EvalEvents.EVALUATED))
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    return run.fit(trainer, trainloader, objects, progress="run")
+
+
+RECIPE = Recipe(
+    name="mnist-mlp-plateau",
+    seed_file="002",
+    dataset="mnist",
+    summary="MNIST, 784-256-128-10 MLP, SGD lr 0.1, batch 32, shuffled, ReduceLROnPlateau, 25 epochs",
+    train=train,
+    epochs=25,
+    batch_size=32,
+    lr=0.1,
+    shuffle=True,
+    add_arguments=add_arguments,
+)

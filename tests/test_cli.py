@@ -1,0 +1,107 @@
+"""The `ember` command line: listing, per-recipe help, usage errors, and the two ways to start it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ember.recipes import RECIPES
+from ember.recipes.cli import main
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """`ember argv...` in this process: exit status (from a return or SystemExit), stdout, stderr."""
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list_shows_each_recipe_with_its_seed_and_dataset(capsys):
+    rc, out, _ = run_main(capsys, "list")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["recipe", "seed", "dataset"]
+    rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
+    assert rows == {name: [r.seed_file, r.dataset] for name, r in RECIPES.items()}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_help_lists_flags_with_their_defaults(name, capsys):
+    recipe = RECIPES[name]
+    rc, out, _ = run_main(capsys, "train", name, "--help")
+    assert rc == 0
+    text = " ".join(out.split())
+    assert f"(seed {recipe.seed_file})" in text
+    for flag, default in [("--epochs", recipe.epochs), ("--batch-size", recipe.batch_size), ("--lr", recipe.lr),
+                          ("--seed", recipe.seed), ("--data-path", "fast"), ("--device", "auto")]:
+        assert flag in text
+        assert f"(default: {default})" in text, (flag, default)
+
+
+def test_scheduler_flag_is_in_the_plateau_recipe_help(capsys):
+    rc, out, _ = run_main(capsys, "train", "mnist-mlp-plateau", "--help")
+    assert rc == 0 and "--scheduler {plateau,step,multistep,exponential}" in out
+    assert "(default: plateau)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+        (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--lr", "-1"], "argument --lr: must be a positive number, got -1"),
+        (["--scheduler", "cosine"], "argument --scheduler: invalid choice: 'cosine'"),
+    ],
+)
+def test_bad_flag_is_a_usage_error_in_two_lines(flags, message, capsys):
+    rc, out, err = run_main(capsys, "train", "mnist-mlp-plateau", *flags)
+    assert rc == 2 and out == ""
+    usage, error = err.splitlines()
+    assert usage.startswith("usage: ember train mnist-mlp-plateau [flags]") and "--help" in usage
+    assert error.startswith("ember train mnist-mlp-plateau: error: ") and message in error
+
+
+def test_unknown_recipe_is_a_usage_error_naming_the_recipes(capsys):
+    rc, out, err = run_main(capsys, "train", "no-such-recipe")
+    assert rc == 2 and out == ""
+    assert "invalid choice: 'no-such-recipe'" in err and "mnist-lenet" in err
+
+
+def test_train_without_a_name_is_a_usage_error(capsys):
+    rc, _, err = run_main(capsys, "train")
+    assert rc == 2 and "train needs a recipe NAME" in err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    rc, _, err = run_main(capsys, "fly")
+    assert rc == 2 and "invalid choice: 'fly'" in err
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EMBER_OFFLINE": "1"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_python_dash_m_ember_lists_the_recipes():
+    done = _run([sys.executable, "-m", "ember", "list"])
+    assert done.returncode == 0, done.stderr
+    assert all(name in done.stdout for name in RECIPES)
+
+
+def test_installed_console_script_runs():
+    script = VENV_BIN / "ember"
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable}; install the package with pip install -e .")
+    done = _run([str(script), "list"])
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == list(RECIPES)
