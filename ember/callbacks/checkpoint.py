@@ -262,21 +262,26 @@ def _scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list
     return regular, best
 
 
-def _complete_checkpoints(dirname: str, prefix: str | None) -> list[str]:
-    """Paths of the readable checkpoints in `dirname`, newest first by the step recorded inside each file."""
+def _complete_checkpoints(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
+    """Readable checkpoints in `dirname`, newest first by the step recorded inside each file, and the
+    problems of the unreadable ones (each skipped with a warning that names the file)."""
     regular, best = _scan(os.fspath(dirname), prefix)
     found: list[tuple[int, bool, float, str]] = []
+    problems: list[str] = []
     for is_regular, files in ((True, regular), (False, best)):
         for _, path in files:
             try:
                 payload = _read(path, peek=True)
                 found.append((int(payload["step"]), is_regular, os.path.getmtime(path), path))
+                continue
             except CheckpointError as exc:
-                warnings.warn(f"skipping checkpoint {path}: {exc}", RuntimeWarning, stacklevel=3)
+                problem = str(exc)
             except (KeyError, TypeError, ValueError, OSError) as exc:
-                warnings.warn(f"skipping checkpoint {path}: no readable step ({exc!r})", RuntimeWarning, stacklevel=3)
+                problem = f"{path} has no readable step ({exc!r})"
+            problems.append(problem)
+            warnings.warn(f"skipping checkpoint {path}: {problem}", RuntimeWarning, stacklevel=3)
     found.sort(reverse=True)
-    return [path for *_, path in found]
+    return [path for *_, path in found], problems
 
 
 class Checkpoint:
@@ -286,7 +291,10 @@ class Checkpoint:
     and named `<prefix>_<iteration:09d>.pt`; the best `keep_best` by `monitor` also as
     `best_<prefix>_<iteration:09d>_score=<score>.pt`. The trainer Engine is added as "trainer" unless already among
     `objects`. Saves are refused (with a warning) while a model holds NaN/Inf or after TerminateOnNan stopped the
-    run (`engine.state.terminated_on_nan`), so the last good file survives.
+    run (`engine.state.terminated_on_nan`), so the last good file survives. The trainer's fp16 GradScaler
+    (`engine.scaler`) is saved as "scaler" and restored by `load` when the trainer is among its objects.
+    `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
+    inside the step saves nothing, since the weights would not match the iteration count.
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
     `keep_last=None` keeps every file. Attach after any handler that fills the monitored metric on the same event.
     """
@@ -362,8 +370,11 @@ class Checkpoint:
                 raise ValueError("objects['trainer'] is not the engine this Checkpoint is attached to")
             self.objects["trainer"] = engine
         if _is_rank0():
-            os.makedirs(self.dirname, exist_ok=True)
+            self._make_folder()
             self._remove_stray_temp_files()
+        scaler = getattr(engine, "scaler", None)
+        if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
+            self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
         if self.every_iterations is not None:
@@ -372,6 +383,19 @@ class Checkpoint:
             engine.add_event_handler(Events.COMPLETED, self._on_event)
         if self.save_on_exception:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _make_folder(self) -> None:
+        try:
+            os.makedirs(self.dirname, exist_ok=True)
+        except OSError as exc:
+            if os.path.exists(self.dirname) and not os.path.isdir(self.dirname):
+                why = "it is a file, not a folder"
+            else:
+                why = f"{exc.strerror or exc} ({exc.filename or self.dirname})"
+            raise CheckpointError(
+                f"cannot use {self.dirname} as the checkpoint folder: {why}; choose a folder that can be created "
+                "and written"
+            ) from None
 
     def _remove_stray_temp_files(self) -> None:
         for name in os.listdir(self.dirname):
@@ -388,6 +412,19 @@ class Checkpoint:
         self.save(engine)
 
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
+        if engine.state.output is None:
+            # The engine clears the output after fetching a batch and sets it when the step returns: the
+            # exception came before this run's first step, or interrupted iteration `iteration` (maybe half-way
+            # through the optimizer step), where the model does not match the counter.
+            if engine.state.iteration:
+                warnings.warn(
+                    f"Checkpoint: NOT saving after {type(exc).__name__}: it was raised in iteration "
+                    f"{engine.state.iteration} before its step finished, so the weights would not match the "
+                    f"iteration count. The last checkpoint ({self.last_path or 'none yet'}) is kept untouched",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return
         try:
             self.save(engine, barrier=False)
         except Exception as err:
@@ -440,7 +477,7 @@ class Checkpoint:
         }
         if self.include_rng:
             payload["rng"] = get_rng_state()
-        os.makedirs(self.dirname, exist_ok=True)
+        self._make_folder()
         if not self._adopted:
             self._adopt_existing(step)
         targets = []
@@ -471,7 +508,9 @@ class Checkpoint:
         return targets[0]
 
     def _adopt_existing(self, step: int) -> None:
-        """Take over files an earlier (resumed) run left here, up to this iteration; leave later ones alone."""
+        """Take over files an earlier (resumed) run left here, up to this iteration; leave later ones alone.
+
+        Unreadable (corrupt) files count towards keep_last as the oldest, so they are deleted first."""
         self._adopted = True
         regular, best = _scan(self.dirname, self.prefix)
         later = sorted(path for s, path in regular + best if s > step)
@@ -482,7 +521,16 @@ class Checkpoint:
                 RuntimeWarning,
                 stacklevel=4,
             )
-        self._regular = sorted((s, p) for s, p in regular if s <= step) + self._regular
+        readable, unreadable = [], []
+        for s, path in sorted(regular):
+            if s > step:
+                continue
+            try:
+                _read(path, peek=True)
+                readable.append((s, path))
+            except CheckpointError:
+                unreadable.append((s, path))  # useless for resuming: first in line for eviction
+        self._regular = unreadable + readable + self._regular
         for s, path in best:
             if s > step:
                 continue
@@ -577,6 +625,7 @@ class Checkpoint:
         path = os.fspath(path)
         payload = _read(path)
         saved = payload["objects"]
+        objects = _with_engine_scalers(objects, saved)
         absent = [name for name in objects if name not in saved]
         problems: list[str] = []
         if absent:
@@ -626,22 +675,46 @@ class Checkpoint:
 
         Corrupt or incomplete files are skipped with a warning naming them; temp files are ignored.
         """
-        found = _complete_checkpoints(os.fspath(dirname), prefix)
+        found, _ = _complete_checkpoints(os.fspath(dirname), prefix)
         return found[0] if found else None
 
     @staticmethod
     def resume_latest(
         dirname: str | os.PathLike[str], objects: Mapping[str, Any], *, prefix: str | None = None, strict: bool = True
     ) -> str | None:
-        """Load the newest complete checkpoint of `dirname` into `objects`; its path, or None if there is none."""
-        for path in _complete_checkpoints(os.fspath(dirname), prefix):
+        """Load the newest complete checkpoint of `dirname` into `objects`; its path, or None if there is none.
+
+        A corrupt newest file is skipped (with a warning naming it) for the one before; when the folder holds
+        checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
+        """
+        dirname = os.fspath(dirname)
+        paths, problems = _complete_checkpoints(dirname, prefix)
+        for path in paths:
             try:
                 Checkpoint.load(path, objects, strict=strict)
             except CorruptCheckpointError as exc:
                 warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+                problems.append(str(exc))
                 continue
             return path
+        if problems:
+            raise CheckpointError(
+                f"no usable checkpoint in {dirname}: {' | '.join(problems)}. Move the bad files away to start "
+                "from the beginning"
+            )
         return None
+
+
+def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`objects` plus the GradScaler of an engine among them, under the name `attach` saved it as, if saved."""
+    extra: dict[str, Any] = {}
+    for obj in objects.values():
+        scaler = getattr(obj, "scaler", None) if isinstance(obj, Engine) else None
+        if isinstance(scaler, torch.amp.GradScaler) and not any(o is scaler for o in objects.values()):
+            name = "scaler" if "scaler" not in objects else "trainer_scaler"
+            if name in saved:
+                extra[name] = scaler
+    return {**objects, **extra} if extra else objects
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,112 @@
+"""Promise 6: bad data and arguments give one clear error line from `ember train` and a non-zero status:
+a batch of the wrong structure or shape (naming the iteration and what was received), a missing dataset,
+a checkpoint or log folder that cannot be written, and a full disk during a save (earlier checkpoints intact).
+As root, chmod does not stop writes, so the unwritable folders are paths under a regular file."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import warnings
+
+import pytest
+import torch
+from reliability_programs.harness import (
+    checkpoint_files,
+    error_lines,
+    hooked_trainers,
+    load_payload,
+    run_cli,
+    temp_files,
+    write_tiny_mnist,
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMBER_OFFLINE", "1")
+        yield write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+def lenet(root, folder, *extra: str) -> list[str]:
+    return ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
+            "--checkpoint-dir", str(folder), "--no-progress", "--device", "cpu", *extra]
+
+
+def one_error(code: int, err: str, expected_code: int = 1) -> str:
+    lines = error_lines(err)
+    assert code == expected_code and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+CORRUPT = {
+    "structure": (lambda b: [b[0]], "expected a batch (inputs, targets), got list[Tensor(shape=(8, 1, 32, 32)"),
+    "shape": (lambda b: (b[0][:, :, :20, :20], b[1]), "Tensor(shape=(8, 1, 20, 20)"),
+    "mapping": (lambda b: {"image": b[0]}, "got dict{'image': Tensor(shape=(8, 1, 32, 32)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT))
+def test_a_bad_batch_names_the_iteration_and_what_was_received(root, tmp_path, kind):
+    corrupt, received = CORRUPT[kind]
+    with hooked_trainers(corrupt_at=3, corrupt=corrupt), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = run_cli(lenet(root, tmp_path, "--no-tensorboard", "--checkpoint-every", "2"))
+    line = one_error(code, err)
+    assert "at epoch 1, iteration 3" in line and received in line, line
+    # the step of iteration 3 never finished: no checkpoint claims it; iteration 2's is intact
+    assert checkpoint_files(tmp_path) == ["checkpoint_000000002.pt"]
+    assert any("NOT saving after" in str(w.message) for w in caught)
+
+
+def test_missing_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    code, out, err = run_cli(lenet(tmp_path / "nowhere", tmp_path / "ckpt", "--no-tensorboard"))
+    line = one_error(code, err, expected_code=2)
+    assert "MNIST data not found" in line and str(tmp_path / "nowhere") in line and "--data-root" in line
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "log"])
+def test_a_folder_that_cannot_be_written(root, tmp_path, which):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a regular file where a folder should be")
+    bad = blocker / "sub"
+    if which == "checkpoint":
+        code, out, err = run_cli(lenet(root, bad, "--no-tensorboard"))
+        expected = f"cannot use {bad} as the checkpoint folder"
+    else:
+        code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--logdir", str(bad)))
+        expected = f"cannot write TensorBoard logs to {bad}"
+    line = one_error(code, err)
+    assert expected in line and "Not a directory" in line, line
+    assert "Epoch" not in out, "training must not start"
+
+
+def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, monkeypatch):
+    real_save = torch.save
+    saves = []
+
+    def full_disk(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 3:  # the third checkpoint: half written, then the disk is full
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[:1000])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f, *args, **kwargs)
+
+    folder = tmp_path / "ckpt"
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--checkpoint-every", "2", "--keep-last", "5"))
+    line = one_error(code, err)
+    assert f"could not write checkpoint {folder / 'checkpoint_000000006.pt'} at iteration 6" in line, line
+    assert "No space left on device" in line and "earlier checkpoints are untouched" in line
+    assert checkpoint_files(folder) == ["checkpoint_000000002.pt", "checkpoint_000000004.pt"]
+    assert temp_files(folder) == []
+    assert [load_payload(folder / n)["step"] for n in checkpoint_files(folder)] == [2, 4]
+
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: the run resumes from iteration 4
+    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--resume"))
+    assert code == 0 and "iteration 4" in out, out + err
