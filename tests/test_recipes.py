@@ -109,7 +109,8 @@ WITH_TENSORBOARD = {"mnist-mlp-plateau", "fashion-mnist-cnn"}
 
 
 def test_every_recipe_is_tested():
-    assert set(SEED_LINES) == set(RECIPES)
+    # fashion-mnist-speedrun reproduces no seed; tests/test_speedrun.py checks its lines.
+    assert set(SEED_LINES) | {"fashion-mnist-speedrun"} == set(RECIPES)
 
 
 @pytest.mark.parametrize("name", list(SEED_LINES))
