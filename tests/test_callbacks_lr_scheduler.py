@@ -1,5 +1,7 @@
 """LRScheduler steps schedulers per epoch/iteration, feeds ReduceLROnPlateau a metric, and records the LR."""
 
+import sys
+
 import pytest
 import torch
 from ignite.metrics import Loss
@@ -142,3 +144,29 @@ def test_several_groups_and_state_dict_round_trip():
     other.load_state_dict(saved)
     assert other.scheduler.last_epoch == 2
     assert other.scheduler.get_last_lr() == pytest.approx([0.25, 0.25])
+
+
+def test_a_tensor_learning_rate_is_recorded_without_reading_it(monkeypatch):
+    import torch
+
+    from ember.callbacks import LRScheduler
+    from ember.engine import create_trainer
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01))
+    trainer = create_trainer(model, optimizer, torch.nn.functional.mse_loss)
+    trainer.add(LRScheduler(torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5), per="iteration"))
+    reads = []
+    item = torch.Tensor.item
+
+    def counting_item(self):
+        caller = sys._getframe(1).f_code.co_filename  # Adam itself reads a CPU tensor LR; count ember's reads
+        reads.extend([caller] if "/ember/" in caller else [])
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    trainer.run([(torch.zeros(4, 3), torch.zeros(4, 1))] * 3)
+    monkeypatch.undo()
+    assert reads == []
+    assert isinstance(trainer.state.metrics["lr"], torch.Tensor)
+    assert trainer.state.metrics["lr"].item() == pytest.approx(0.01 * 0.5**2)

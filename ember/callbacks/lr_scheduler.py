@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ember.callbacks.evaluate import register_eval_events
@@ -54,9 +55,12 @@ class LRScheduler:
             event = Events.EPOCH_COMPLETED if self.per == "epoch" else Events.ITERATION_COMPLETED
         engine.add_event_handler(event, self.step)
 
-    def lrs(self) -> list[float]:
-        """The current learning rate of each parameter group."""
-        return [float(group["lr"]) for group in self.scheduler.optimizer.param_groups]
+    def lrs(self) -> list[float | torch.Tensor]:
+        """The current learning rate of each parameter group; a tensor LR is copied, not read, so no sync."""
+        return [
+            lr.detach().clone() if isinstance(lr := group["lr"], torch.Tensor) else float(lr)
+            for group in self.scheduler.optimizer.param_groups
+        ]
 
     def record(self, engine: Engine) -> None:
         """Store the current learning rate(s) in `engine.state.metrics`."""
