@@ -194,9 +194,9 @@ def _param_device(model: nn.Module) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile, e.g. for its state_dict."""
+    """The plain module inside DistributedDataParallel/DataParallel and/or torch.compile, e.g. for its state_dict."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod

@@ -1,6 +1,6 @@
 """Handlers that do everything around the training step, one module per family."""
 
-from ember.callbacks.checkpoint import Checkpoint, CheckpointError, CorruptCheckpointError, unwrap_model
+from ember.callbacks.checkpoint import Checkpoint, CheckpointError, CorruptCheckpointError
 from ember.callbacks.early_stopping import EarlyStopping
 from ember.callbacks.evaluate import SEED000_EVAL_FMT, EvalEvents, Evaluate
 from ember.callbacks.loss_printer import SEED000_FMT, SEED001_FMT, LossPrinter
@@ -28,5 +28,4 @@ __all__ = [
     "TerminateOnNan",
     "ThroughputMonitor",
     "Timer",
-    "unwrap_model",
 ]

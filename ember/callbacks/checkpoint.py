@@ -11,12 +11,13 @@ import secrets
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ember import distributed as dist
 from ember.callbacks.rng import get_rng_state, set_rng_state
 from ember.engine import Engine, Events
 
@@ -38,25 +39,6 @@ class CheckpointError(Exception):
 
 class CorruptCheckpointError(CheckpointError):
     """The file is empty, truncated or otherwise not a complete file written by `torch.save`."""
-
-
-def unwrap_model(module: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel/DataParallel and `torch.compile` wrappers."""
-    while True:
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _is_rank0() -> bool:
-    return not _is_distributed() or torch.distributed.get_rank() == 0
 
 
 def _listed(items: list[str]) -> str:
@@ -157,10 +139,24 @@ def _fsync_dir(dirname: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _atomically(dst: str) -> Iterator[str]:
+    """Yield a temp path in `dst`'s folder; once the block has written it whole, rename it over `dst` and fsync
+    the folder. On any failure the temp file is removed and `dst` is left as it was."""
+    tmp = _tmp_path(dst)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(dst))
+
+
 def _atomic_save(payload: dict[str, Any], path: str) -> None:
     """Write to a temp file in the same folder, fsync, check it loads with weights_only, then rename over `path`."""
-    tmp = _tmp_path(path)
-    try:
+    with _atomically(path) as tmp:
         with open(tmp, "xb") as f:
             torch.save(payload, f)
             f.flush()
@@ -178,30 +174,17 @@ def _atomic_save(payload: dict[str, Any], path: str) -> None:
                 f"{f' ({where})' if where else ''}. Make state_dict() return tensors, numbers, strings and "
                 "lists/dicts of them"
             ) from None
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
 
 
 def _atomic_link(src: str, dst: str) -> None:
     """Give the complete file `src` a second name `dst` atomically (hard link, or a copy where links fail)."""
-    tmp = _tmp_path(dst)
-    try:
+    with _atomically(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(dst))
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Any], own_keys: set[str]) -> Mapping[str, Any]:
@@ -369,7 +352,7 @@ class Checkpoint:
             if "trainer" in self.objects:
                 raise ValueError("objects['trainer'] is not the engine this Checkpoint is attached to")
             self.objects["trainer"] = engine
-        if _is_rank0():
+        if dist.is_main():
             self._make_folder()
             self._remove_stray_temp_files()
         scaler = getattr(engine, "scaler", None)
@@ -443,12 +426,12 @@ class Checkpoint:
             return None
         self._last_step = step
         try:
-            if _is_rank0():
+            if dist.is_main():
                 return self._save(engine, step)
             return None
         finally:
-            if barrier and _is_distributed():
-                torch.distributed.barrier()
+            if barrier and dist.is_enabled():
+                dist.barrier()
 
     def _save(self, engine: Engine, step: int) -> str | None:
         epoch = engine.state.epoch
@@ -595,7 +578,7 @@ class Checkpoint:
         named: list[tuple[str, torch.Tensor]] = []
         for name, obj in self.objects.items():
             if isinstance(obj, nn.Module):
-                module = unwrap_model(obj)
+                module = dist.unwrap(obj)
                 for key, t in [*module.named_parameters(), *module.named_buffers()]:
                     if t.is_floating_point() or t.is_complex():
                         named.append((f"{name}.{key}", t.detach()))
@@ -609,7 +592,7 @@ class Checkpoint:
 
     @staticmethod
     def _state_of(obj: Any) -> Any:
-        return unwrap_model(obj).state_dict() if isinstance(obj, nn.Module) else obj.state_dict()
+        return dist.unwrap(obj).state_dict() if isinstance(obj, nn.Module) else obj.state_dict()
 
     # ------------------------------------------------------------------ loading
     @staticmethod
@@ -636,7 +619,7 @@ class Checkpoint:
                 continue
             state = saved[name]
             if isinstance(obj, nn.Module):
-                module = unwrap_model(obj)
+                module = dist.unwrap(obj)
                 state = _strip_wrapper_prefixes(state, set(module.state_dict()))
                 missing, unexpected, shapes = _module_mismatch(module, state)
                 if missing or unexpected or shapes:
@@ -657,7 +640,7 @@ class Checkpoint:
             obj = objects[name]
             try:
                 if isinstance(obj, nn.Module):
-                    unwrap_model(obj).load_state_dict(states[name], strict=strict)
+                    dist.unwrap(obj).load_state_dict(states[name], strict=strict)
                 else:
                     obj.load_state_dict(states[name])
             except Exception as exc:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ember import distributed as dist
 from ember.engine import Engine, Events
 
 
@@ -24,13 +25,6 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, np.ndarray) and value.size == 1:
         return float(value.item())
     return None
-
-
-def is_rank_zero() -> bool:
-    """True unless torch.distributed is initialized and this process is not rank 0 (only rank 0 reports)."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 def _isatty(stream: Any) -> bool:
@@ -87,7 +81,7 @@ class ProgressBar:
     def attach(self, engine: Engine) -> None:
         """Register the bar's handlers on `engine` (nothing when disabled or not on rank 0)."""
         stream = self.file if self.file is not None else sys.stderr
-        if not self._is_enabled(stream) or not is_rank_zero():
+        if not self._is_enabled(stream) or not dist.is_main():
             return
         self._stream = stream
         if self.per == "epoch":

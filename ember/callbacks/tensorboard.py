@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ember.callbacks.progress import as_float, is_rank_zero
+from ember import distributed as dist
+from ember.callbacks.progress import as_float
 from ember.engine import Engine, Events
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class TensorBoardLogger:
         self.hparams = {str(k): _hparam_value(v) for k, v in (hparams or {}).items()}
         self.output_transform = output_transform
         self.writer: SummaryWriter | None = None
-        if is_rank_zero():
+        if dist.is_main():
             from torch.utils.tensorboard import SummaryWriter  # imported here: `import ember` stays light
 
             self.writer = SummaryWriter(log_dir=self.logdir, flush_secs=flush_secs)
