@@ -1,10 +1,11 @@
 """Promise 3: graceful stop, and SIGKILL after a checkpoint, through `ember train` in child processes.
 
-SIGTERM (to the process) and SIGINT (to the whole process group, DataLoader workers included, as a
-terminal's Ctrl-C does) finish the current iteration, write a checkpoint, flush and close TensorBoard and
-exit with 128 + the signal; a second SIGINT aborts at once; after SIGKILL the checkpoint of the last
-reported iteration is there. Each interrupted run is resumed with `--resume` and equals an uninterrupted one
-bit for bit. The four children are started together so that their start-up (Python + torch) overlaps.
+SIGTERM (to the process, or to the whole process group as scancel does) and SIGINT (to the whole process
+group, DataLoader workers included, as a terminal's Ctrl-C does) finish the current iteration, write a
+checkpoint, flush and close TensorBoard and exit with 128 + the signal; a second SIGINT aborts at once; after
+SIGKILL the checkpoint of the last reported iteration is there. Each interrupted run is resumed with
+`--resume` and equals an uninterrupted one bit for bit. The four children of the module's fixture are
+started together so that their start-up (Python + torch) overlaps.
 """
 
 from __future__ import annotations
@@ -122,6 +123,23 @@ def test_sigint_to_the_process_group_with_dataloader_workers(setting):
     assert child.stderr.count("SIGINT received") == 1, "only the main process may react to Ctrl-C"
     assert load_payload(Checkpoint.latest(setting["base"] / "sigint_group"))["step"] == 3
     resume_and_compare(setting, "sigint_group", "dataloader", "--num-workers", "2")
+
+
+def test_sigterm_to_the_process_group_kills_the_workers_but_the_run_still_stops_cleanly(setting):
+    """What scancel and preempting schedulers do: the DataLoader workers die of the SIGTERM too."""
+    folder = setting["base"] / "sigterm_group"
+    argv = lenet_args(setting["root"], folder, "dataloader", "--num-workers", "2", "--no-tensorboard")
+    child = Child(python("cli_child.py", "--pause-at", "3", "--pause", "60", "--", *argv), new_session=True)
+    try:
+        child.wait_for(lambda line: line == "PAUSE 3")
+        child.signal(signal.SIGTERM, group=True)
+        assert child.wait() == 143, child.describe()
+    finally:
+        child.close()
+    assert "Stopped by SIGTERM at epoch 1, iteration 3" in child.stdout, child.describe()
+    assert "Traceback" not in child.stderr and "worker" not in child.stderr, child.describe()
+    assert load_payload(Checkpoint.latest(folder))["step"] == 3
+    resume_and_compare(setting, "sigterm_group", "dataloader", "--num-workers", "2")
 
 
 def test_a_second_sigint_aborts_at_once(setting):
