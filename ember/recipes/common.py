@@ -249,7 +249,6 @@ STOP_CHECK_EVERY = 20  # iterations between the ranks' collective "was anyone si
 
 class _Stop:
     signum: int | None = None
-    sigchld: Any = None  # the SIGCHLD handler in place before the stop signal
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
@@ -262,8 +261,9 @@ def graceful_stop(trainer: Engine) -> Iterator[_Stop]:
     a second SIGINT aborts at once.
 
     A stop signal sent to the whole process group (scancel, a preempting scheduler) also kills the DataLoader's
-    workers; from then on torch's SIGCHLD handler, which would raise on their deaths, is replaced by a no-op, and
-    the run fetches no further batch (outside torchrun, whose ranks fetch until they agree to stop).
+    workers; from then on, to the end of the process, torch's SIGCHLD handler (which would raise on their deaths,
+    even at exit) is replaced by a no-op, and the run fetches no further batch (outside torchrun, whose ranks
+    fetch until they agree to stop). DataLoaders still notice dead workers by themselves, within seconds.
 
     The engine clears `state.output` after fetching a batch and sets it when the step returns. A signal that
     lands before the step's end (in an ITERATION_STARTED handler, or in the step) only takes effect at
@@ -274,8 +274,7 @@ def graceful_stop(trainer: Engine) -> Iterator[_Stop]:
         if stop.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.signum = signum
-        if stop.sigchld is None:
-            stop.sigchld = signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
         print(f"\n{signal.Signals(signum).name} received: finishing the current iteration and saving a checkpoint "
               "(Ctrl-C again to abort now)", file=sys.stderr)
         if trainer.state.output is not None and not distributed:
@@ -301,6 +300,4 @@ def graceful_stop(trainer: Engine) -> Iterator[_Stop]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if stop.sigchld is not None:
-            signal.signal(signal.SIGCHLD, stop.sigchld)
         deferred.remove()
