@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,9 @@ def test_two_processes_equal_one_process_with_the_global_batch(runs: dict[str, R
     assert one.check()["world_size"] == 1
     assert_close(two.weights(), one.weights())
     assert two.check()["ranks"][0]["accuracy"] == one.check()["ranks"][0]["accuracy"]
+    # LossPrinter counts the samples of all ranks: [current/size] as with one process and the global batch
+    progress = {run.name: re.findall(r"^loss: .*(\[.*\])$", run.output, re.M) for run in (two, one)}
+    assert progress["two"] == progress["one"] == ["[    0/   96]", "[   32/   96]", "[   64/   96]"] * EPOCHS
 
 
 def test_checkpoint_from_two_processes_resumes_in_one(runs: dict[str, Run]) -> None:

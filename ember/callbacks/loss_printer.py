@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ember.distributed import world_size
 from ember.engine import Engine, Events
 
 # `loss: 2.290156  [    0/60000]` every 100 batches (seed 000, the PyTorch "Optimizing Model Parameters" tutorial).
@@ -78,8 +79,9 @@ class LossPrinter:
     Without a window it prints at steps 0, every, 2*every... of each epoch (0-based, as seed 000's
     `batch % 100 == 0`); with a window at steps every, 2*every... (1-based, as seed 001's `i % 100 == 99`),
     the mean of the losses since the last print, summed on the loss's device so that only printing syncs.
-    Template fields: loss, current (samples before this batch: step index * batch size), size (dataset
-    length), epoch, max_epochs, step (1-based step in the epoch), steps (epoch length), iteration.
+    Template fields: loss, current (samples before this batch, all ranks together: step index * batch size *
+    world size), size (dataset length), epoch, max_epochs, step (1-based step in the epoch), steps (epoch
+    length), iteration.
     """
 
     def __init__(
@@ -141,7 +143,7 @@ class LossPrinter:
             "iteration": s.iteration,
         }
         if "current" in self._fields:
-            fields["current"] = (step - 1) * (batch_size_of(s.batch) or 0)
+            fields["current"] = (step - 1) * (batch_size_of(s.batch) or 0) * world_size()
         if "size" in self._fields:
             fields["size"] = self._dataset_size(engine)
         print(self.fmt.format(**fields), file=self.file or sys.stdout)

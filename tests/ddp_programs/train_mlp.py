@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ember import distributed as dist
+from ember.callbacks import LossPrinter
 from ember.callbacks.checkpoint import Checkpoint
 from ember.engine import Events, create_evaluator, create_trainer
 
@@ -81,6 +82,7 @@ def main() -> None:
     sampler = DistributedSampler(train_set, dist.world_size(), dist.rank(), shuffle=True, seed=7)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
     trainer = create_trainer(model, optimizer, F.cross_entropy, "cpu")
+    trainer.add(LossPrinter(every=2))  # seed 000's "loss: ...  [current/size]" lines, on rank 0
     objects = {"model": model, "optimizer": optimizer, "trainer": trainer}
     if args.save_after is not None:
         ckpt = Checkpoint(objects, args.out / "ckpt", every_epochs=args.save_after, save_on_completed=False)
