@@ -5,6 +5,7 @@ The module fixture runs tests/ddp_programs/train_mlp.py four times, two at a tim
   one   - 1 process, batch 16 (the same global batch); checkpoint after epoch 2 of 3
   two_to_one - 1 process, batch 16, resumed from two's checkpoint
   one_to_two - torchrun, 2 processes, batch 8 each, resumed from one's checkpoint
+  nan   - torchrun, 2 processes, batch 8 each, rank 1's loss is NaN at iteration 3
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
             pytest.skip(f"this platform cannot start a torch.distributed gloo process group:\n{reason}")
     two_to_one = _planned(tmp, "two_to_one", 1, 16, "--resume", str(two.out / "ckpt"))
     one_to_two = _planned(tmp, "one_to_two", 2, 8, "--resume", str(one.out / "ckpt"))
-    _launch_together([two_to_one, one_to_two])
-    return {r.name: r for r in (two, one, two_to_one, one_to_two)}
+    nan = _planned(tmp, "nan", 2, 8, "--nan-at", "3", "--nan-rank", "1")
+    _launch_together([two_to_one, one_to_two, nan])
+    return {r.name: r for r in (two, one, two_to_one, one_to_two, nan)}
 
 
 def test_two_processes_finish_and_only_rank0_writes(runs: dict[str, Run]) -> None:
@@ -170,6 +172,16 @@ def test_two_processes_equal_one_process_with_the_global_batch(runs: dict[str, R
     # LossPrinter counts the samples of all ranks: [current/size] as with one process and the global batch
     progress = {run.name: re.findall(r"^loss: .*(\[.*\])$", run.output, re.M) for run in (two, one)}
     assert progress["two"] == progress["one"] == ["[    0/   96]", "[   32/   96]", "[   64/   96]"] * EPOCHS
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_iteration(runs: dict[str, Run]) -> None:
+    """Rank 0's own loss at iteration 3 is finite; were it to go on alone, its next DDP all-reduce would hang."""
+    nan = runs["nan"]
+    result = nan.check()
+    assert result["iteration"] == 3
+    for report in result["ranks"]:
+        assert report["iteration"] == 3 and report["terminated_on_nan"] == [1, 3], nan.describe()
+    assert "non-finite loss on another rank at epoch 1, iteration 3" in nan.output, nan.describe()  # rank 0
 
 
 def test_checkpoint_from_two_processes_resumes_in_one(runs: dict[str, Run]) -> None:

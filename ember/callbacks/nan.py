@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import torch
 
 from ember.callbacks.loss_printer import step_in_epoch
+from ember.distributed import all_reduce_sum, world_size
 from ember.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class TerminateOnNan:
     EPOCH_COMPLETED/COMPLETED. The first bad step is reported by epoch and iteration, stored as
     `engine.state.terminated_on_nan = (epoch, iteration)` (None while all is well, so that a checkpoint
     handler can refuse to save), printed to `file` (stderr by default) and logged; then the engine stops.
-    Steps after the bad one but before the check still ran: a smaller `check_every` stops sooner.
+    Steps after the bad one but before the check still ran: a smaller `check_every` stops sooner. Under
+    torchrun the ranks combine their flags at each check (one small all-reduce), so all stop on the same step.
     """
 
     def __init__(
@@ -99,19 +101,29 @@ class TerminateOnNan:
         if n == 0 or self._flags is None:
             return False
         flags = self._flags[:n]
-        if flags.all().item():
+        bad = ~flags
+        if world_size() > 1:  # ranks check on the same steps and must stop together, or DDP's next all-reduce hangs
+            bad = all_reduce_sum(bad.to(torch.int32)) > 0
+        if not bad.any().item():
             self._steps = []
             return False
-        first = int((~flags).to(torch.uint8).argmax().item())
+        first = int(bad.to(torch.uint8).argmax().item())
         epoch, iteration, loss = self._steps[first]
         self._steps = []
-        self._report(engine, epoch, iteration, loss, loss is not None)
+        here = not flags[first].item()
+        self._report(engine, epoch, iteration, loss if here else None, loss is not None, elsewhere=not here)
         return True
 
-    def _report(self, engine: Engine, epoch: int, iteration: int, value: Any, is_loss: bool) -> None:
+    def _report(
+        self, engine: Engine, epoch: int, iteration: int, value: Any, is_loss: bool, elsewhere: bool = False
+    ) -> None:
         if isinstance(value, torch.Tensor):
             value = value.item()
-        what = f"loss ({value})" if is_loss and value is not None else "output"
+        what = "loss" if is_loss else "output"
+        if elsewhere:
+            what += " on another rank"
+        elif is_loss and value is not None:
+            what += f" ({value})"
         self.message = f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}; training stopped."
         engine.state.terminated_on_nan = (epoch, iteration)  # type: ignore[attr-defined]
         logger.error(self.message)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ember import distributed as dist
-from ember.callbacks import LossPrinter
+from ember.callbacks import LossPrinter, TerminateOnNan
 from ember.callbacks.checkpoint import Checkpoint
 from ember.engine import Events, create_evaluator, create_trainer
 
@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--save-after", type=int, default=None, help="checkpoint to OUT/ckpt/ after this epoch")
     p.add_argument("--resume", type=Path, default=None, help="a checkpoint folder to continue from")
+    p.add_argument("--nan-at", type=int, default=None, help="make the loss NaN at this iteration (on --nan-rank)")
+    p.add_argument("--nan-rank", type=int, default=1)
     args = p.parse_args()
 
     distributed = dist.init()
@@ -81,7 +83,14 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     sampler = DistributedSampler(train_set, dist.world_size(), dist.rank(), shuffle=True, seed=7)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
-    trainer = create_trainer(model, optimizer, F.cross_entropy, "cpu")
+    def loss_fn(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(pred, y)
+        if trainer.state.iteration == args.nan_at and dist.rank() == args.nan_rank:
+            return loss * float("nan")
+        return loss
+
+    trainer = create_trainer(model, optimizer, loss_fn, "cpu")
+    trainer.add(TerminateOnNan(check_every=3))
     trainer.add(LossPrinter(every=2))  # seed 000's "loss: ...  [current/size]" lines, on rank 0
     objects = {"model": model, "optimizer": optimizer, "trainer": trainer}
     if args.save_after is not None:
@@ -110,6 +119,8 @@ def main() -> None:
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "sampler_epoch": sampler.epoch,
+        "iteration": trainer.state.iteration,
+        "terminated_on_nan": trainer.state.terminated_on_nan,
         "shard_accuracy": correct[shard].mean().item(),
         "all_reduce_sum": dist.all_reduce_sum(dist.rank() + 1),
         "broadcast": dist.broadcast_object(f"from rank {dist.rank()}"),
