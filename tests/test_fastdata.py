@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 from fakedata import accept_fake_cifar10, write_cifar10, write_fashion_mnist, write_mnist
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
@@ -283,3 +284,38 @@ def test_device_loader_batches_on_the_gpu_equal_the_cpu_ones(fashion):
     cpu = one_batch(DeviceLoader(fashion, 64, shuffle=True, normalize=((0.2860,), (0.3530,))))
     assert gpu[0].device.type == "cuda"
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+
+
+class _NewTensors(TorchDispatchMode):
+    """Records each aten op run and whether it allocated: an output whose storage none of its inputs has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        new = isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs
+        self.ops.append((func.__name__, new))
+        return out
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_batch_allocates_only_the_gathered_images_their_float_copy_and_the_targets(shuffle):
+    """Per batch: a gather of the stored uint8 images (a view when unshuffled), their conversion to float,
+    the targets, and nothing else: the permutation is sliced, normalisation happens in place."""
+    images, targets = numbered(64)
+    loader = DeviceLoader((images, targets), batch_size=16, shuffle=shuffle, normalize=((0.5,), (0.25,)))
+    batches = iter(loader)
+    next(batches)  # the epoch's permutation is drawn once, before the first batch
+    with _NewTensors() as mode:
+        x, y = next(batches)
+    allocating = sorted(name for name, new in mode.ops if new)
+    if shuffle:
+        assert allocating == ["_to_copy.default", "index_select.default", "index_select.default"]
+    else:
+        assert allocating == ["_to_copy.default", "clone.default"]
+    in_place = [name for name, new in mode.ops if not new and name.endswith("_.Tensor")]
+    assert in_place == ["div_.Tensor", "sub_.Tensor", "div_.Tensor"]  # /255, then Normalize's -mean, /std
+    assert x.dtype == torch.float32 and x.shape == (16, 1, 4, 4) and y.shape == (16,)

@@ -1,8 +1,12 @@
 """create_trainer's speed options: cuda_graph (refused off CUDA, exact on CUDA), compile, channels_last."""
 
+import contextlib
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ember.engine import Events, create_trainer
 from ember.engine.steps import _GraphedStep
@@ -115,3 +119,38 @@ def test_cuda_graph_follows_a_tensor_learning_rate_and_refuses_a_float_one_chang
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: scheduler.step())
     with pytest.raises(RuntimeError, match="changed after the training step was captured as a CUDA graph"):
         trainer.run(data, max_epochs=1)
+
+
+class _Ops(TorchDispatchMode):
+    """Records the name of every aten op run inside it (forward, backward and optimizer alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_training_iteration_runs_the_tensor_ops_of_a_hand_written_step_and_no_more(momentum):
+    """zero_grad, forward, loss, backward, step: the engine and its step add one detach, no copy, no sync."""
+    data = batches((8,), n=2)
+
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    trainer = create_trainer(model, optimizer, nn.functional.cross_entropy)
+    trainer.run(data[:1], max_epochs=1)  # the first step creates the momentum buffers
+    with _Ops() as ember:
+        trainer.run(data[1:], max_epochs=1)
+
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    for i, (x, y) in enumerate(data):
+        with _Ops() if i else contextlib.nullcontext() as plain:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert ember.ops - plain.ops == Counter({"detach.default": 1})  # the loss it outputs, a view (no copy)
+    assert plain.ops - ember.ops == Counter()
