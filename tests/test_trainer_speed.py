@@ -77,10 +77,46 @@ def test_compile_rejects_a_non_mode():
                        compile=3)
 
 
+def _refusal(model: nn.Module, optimizer: torch.optim.Optimizer, **options) -> str:
+    with pytest.raises(ValueError) as refused:
+        create_trainer(model, optimizer, nn.functional.cross_entropy, "cuda", cuda_graph=True, **options)
+    return str(refused.value)
+
+
+def test_cuda_graph_refuses_what_a_captured_step_cannot_honour_before_looking_for_a_gpu():
+    model = mlp()
+    params = list(model.parameters())
+    assert "Adagrad, which keeps part of its state on the host" in _refusal(model, torch.optim.Adagrad(params))
+    assert "LBFGS" in _refusal(model, torch.optim.LBFGS(params))
+    tensor_lr = torch.optim.SGD(params, lr=torch.tensor(0.1))
+    assert "fused=True" in _refusal(model, tensor_lr)
+    assert "GradScaler" in _refusal(model, torch.optim.SGD(params, lr=0.1), amp="fp16")
+    assert "accumulate=2" in _refusal(model, torch.optim.SGD(params, lr=0.1), accumulate=2)
+    for mode in ("reduce-overhead", "max-autotune"):
+        assert f"compile={mode!r} makes its own CUDA graphs" in _refusal(model, torch.optim.Adam(params), compile=mode)
+    # what a captured step can honour gets as far as the device checks (the model here is on the CPU)
+    after = "needs the model on the GPU" if torch.cuda.is_available() else "need a CUDA device"
+    for ok in ({"compile": "max-autotune-no-cudagraphs"}, {"compile": True}, {"amp": "bf16"}):
+        assert after in _refusal(model, torch.optim.Adam(params), **ok)
+    fused = torch.optim.SGD(params, lr=torch.tensor(0.1), fused=True)
+    assert after in _refusal(model, fused)
+
+
+def test_cuda_graph_refuses_a_ddp_model(tmp_path):
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = nn.parallel.DistributedDataParallel(mlp())
+        assert "DistributedDataParallel" in _refusal(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    finally:
+        torch_dist.destroy_process_group()
+
+
 def test_graphed_step_turns_on_capturable_and_refuses_changed_hyperparameters():
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step = _GraphedStep(lambda x, y: (x, x.sum()), optimizer, channels_last=False)
+    step = _GraphedStep(lambda x, y: (x, x.sum()), optimizer)
     step._make_capturable()
     assert all(group["capturable"] for group in optimizer.param_groups)
     step.hyper = step._hyperparameters()

@@ -51,28 +51,63 @@ def _autocast(
 
 
 def _check_cuda_graph(
-    device_type: str, model: nn.Module, amp: str | None, accumulate: int, compile: bool | str
+    device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer, amp: str | None, accumulate: int,
+    compile: bool | str,
 ) -> None:
-    """Refuse, at create time and with the reason, the settings a captured training step cannot honour."""
-    if device_type != "cuda" or not torch.cuda.is_available():
+    """Refuse, at create time and with the reason, the settings a captured training step cannot honour
+    (what the set-up asks for first, then whether this machine and device can capture it)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
         raise ValueError(
-            f"CUDA graphs need a CUDA device; this trainer runs on {device_type!r}"
-            f"{'' if torch.cuda.is_available() else ' and no CUDA GPU is available'}: "
-            "pass device='cuda' with the model on the GPU, or leave cuda_graph=False"
+            "cuda_graph=True cannot capture a DistributedDataParallel model (DDP must be built on a side stream "
+            "and run 11 eager iterations first); under torchrun leave cuda_graph=False"
         )
-    if any(p.device.type != "cuda" for p in model.parameters()):
-        raise ValueError("cuda_graph=True needs the model on the GPU: call model.to('cuda') first")
+    if not isinstance(optimizer, torch.optim.SGD) and "capturable" not in optimizer.defaults:
+        raise ValueError(
+            f"cuda_graph=True cannot capture {type(optimizer).__name__}, which keeps part of its state on the "
+            "host; use SGD or an optimizer with a `capturable` option (Adam, AdamW, RMSprop...)"
+        )
+    if isinstance(optimizer, torch.optim.SGD) and any(
+        isinstance(g["lr"], torch.Tensor) and not g.get("fused") for g in optimizer.param_groups
+    ):
+        raise ValueError(
+            "cuda_graph=True: SGD reads a tensor learning rate on the host unless it is fused; "
+            "pass SGD(..., lr=torch.tensor(lr, device='cuda'), fused=True)"
+        )
     if amp == "fp16":
         raise ValueError(
             "cuda_graph=True cannot capture fp16's GradScaler (it syncs to skip inf steps); use amp='bf16'"
         )
     if accumulate != 1:
         raise ValueError(f"cuda_graph=True captures one optimizer step per batch, not {accumulate=}")
-    if compile == "reduce-overhead":
+    if isinstance(compile, str) and _makes_cuda_graphs(compile):
         raise ValueError(
-            "compile='reduce-overhead' makes its own CUDA graphs; with cuda_graph=True use compile=True or "
+            f"compile={compile!r} makes its own CUDA graphs; with cuda_graph=True use compile=True or "
             "compile='max-autotune-no-cudagraphs'"
         )
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(
+            f"CUDA graphs need a CUDA device; this trainer runs on {device.type!r}"
+            f"{'' if torch.cuda.is_available() else ' and no CUDA GPU is available'}: "
+            "pass device='cuda' with the model on the GPU, or leave cuda_graph=False"
+        )
+    if any(p.device.type != "cuda" for p in model.parameters()):
+        raise ValueError("cuda_graph=True needs the model on the GPU: call model.to('cuda') first")
+    current = torch.cuda.current_device()
+    if device.index is not None and device.index != current:
+        raise ValueError(
+            f"cuda_graph=True captures on the current CUDA device (cuda:{current}), not {device}: call "
+            f"torch.cuda.set_device({device.index}) before create_trainer"
+        )
+
+
+def _makes_cuda_graphs(mode: str) -> bool:
+    """Whether torch.compile's `mode` captures CUDA graphs itself (reduce-overhead, max-autotune)."""
+    import torch._inductor
+
+    try:
+        return bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
+    except RuntimeError:
+        return False  # not a mode name: torch.compile itself will say so
 
 
 def _compiled(model: nn.Module, compile: bool | str) -> nn.Module:
@@ -108,11 +143,9 @@ class _GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, run: Callable[[Any, Any], tuple[Any, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                 channels_last: bool) -> None:
+    def __init__(self, run: Callable[[Any, Any], tuple[Any, torch.Tensor]], optimizer: torch.optim.Optimizer) -> None:
         self.run = run
         self.optimizer = optimizer
-        self.channels_last = channels_last
         self.stream: torch.cuda.Stream | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.signature: tuple | None = None
@@ -125,7 +158,7 @@ class _GraphedStep:
         signature = (x.shape, x.dtype, y.shape, y.dtype)
         if self.signature is None:
             self.signature = signature
-            self.stream = torch.cuda.Stream()
+            self.stream = torch.cuda.Stream(device=x.device)
             self._make_capturable()
         if signature != self.signature:
             self.optimizer.zero_grad(set_to_none=self.graph is None)
@@ -144,6 +177,10 @@ class _GraphedStep:
         for group in self.optimizer.param_groups:
             if group.get("capturable") is False:
                 group["capturable"] = True
+            device = group["params"][0].device if group["params"] else None
+            for key, value in group.items():
+                if isinstance(value, torch.Tensor) and device is not None and value.device != device:
+                    group[key] = value.to(device)  # a CPU tensor would be read once, at capture
         for p, state in self.optimizer.state.items():
             step = state.get("step") if isinstance(state, dict) else None
             if isinstance(step, torch.Tensor) and step.device != p.device:
@@ -162,8 +199,7 @@ class _GraphedStep:
                 y_pred, loss = self.run(x, y)
             torch.cuda.current_stream().wait_stream(stream)
             return x, y, y_pred, loss
-        memory_format = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
-        sx, sy = x.clone(memory_format=memory_format), y.clone()
+        sx, sy = x.clone(), y.clone()  # the batch's own strides: a compiled model's guards check them
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
@@ -185,7 +221,7 @@ class _GraphedStep:
             f"optimizer hyperparameter(s) {changed} changed after the training step was captured as a CUDA "
             "graph, which would keep replaying the captured values; for a scheduled learning rate give the "
             "optimizer a GPU tensor, e.g. Adam(params, lr=torch.tensor(1e-3, device='cuda'), "
-            "capturable=True) "
+            "capturable=True) or SGD(params, lr=torch.tensor(0.1, device='cuda'), fused=True) "
             "(schedulers then update it in place; keep momentum and betas fixed, e.g. "
             "OneCycleLR(cycle_momentum=False)), or train with cuda_graph=False"
         )
@@ -219,8 +255,8 @@ def create_trainer(
     prepare = prepare_batch or default_prepare_batch
     device_type = _device_type(device, model)
     if cuda_graph:
-        _check_cuda_graph(device_type, model, amp, accumulate, compile)
         device = device if device is not None else next(model.parameters()).device
+        _check_cuda_graph(torch.device(device), model, optimizer, amp, accumulate, compile)
     autocast = _autocast(amp, device_type, cache=not cuda_graph)
     scaler = torch.amp.GradScaler(device_type) if amp == "fp16" else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -251,7 +287,7 @@ def create_trainer(
                 optimizer.step()
         return y_pred, loss
 
-    graphed = _GraphedStep(forward_backward_step, optimizer, channels_last) if cuda_graph else None
+    graphed = _GraphedStep(forward_backward_step, optimizer) if cuda_graph else None
 
     def train_step(engine: Engine, batch: Any) -> Any:
         if not model.training:

@@ -160,18 +160,22 @@ class RunContext:
             rank=dist.rank() if train else 0,
         )
 
-    def model(self, model: nn.Module) -> nn.Module:
-        """Move the model to the device, optionally compile it, and wrap it for DDP when distributed."""
+    def model(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
+        """Move the model to the device (in channels-last format with --channels-last) and wrap it for DDP
+        when distributed; the memory format comes first, so DDP's gradient buckets match it."""
         model = model.to(self.device)
-        if self.args.compile:
-            mode = None if self.args.compile is True else self.args.compile
-            model = torch.compile(model, mode=mode)
+        if self.args.channels_last if channels_last is None else channels_last:
+            model = model.to(memory_format=torch.channels_last)
         return dist.wrap_model(model, self.device)
 
     def trainer(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, **kwargs: Any) -> Engine:
-        """`create_trainer` with the recipe's device, --amp, --cuda-graph and --channels-last."""
+        """`create_trainer` with the recipe's device, --amp, --compile, --cuda-graph and --channels-last.
+
+        --compile compiles the training step's forward (around DDP, so that its gradient all-reduce overlaps
+        the backward); evaluation runs the model as it is."""
         kwargs.setdefault("cuda_graph", self.args.cuda_graph)
         kwargs.setdefault("channels_last", self.args.channels_last)
+        kwargs.setdefault("compile", self.args.compile)
         return create_trainer(model, optimizer, loss_fn, self.device, amp=self.args.amp, **kwargs)
 
     def evaluator(self, model: nn.Module, loss_fn: Callable) -> Engine:

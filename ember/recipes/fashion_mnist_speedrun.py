@@ -103,7 +103,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
         args.amp = "bf16"
     train_loader = run.loader(train=True, normalize=NORMALIZE)
     test_loader = run.loader(train=False, shuffle=False, normalize=NORMALIZE, batch_size=EVAL_BATCH)
-    model = run.model(SpeedNet())
+    model = run.model(SpeedNet(), channels_last=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     # A CUDA graph replays the learning rate it captured unless the rate is a tensor updated in place.
     lr = torch.tensor(args.lr, device=run.device) if args.cuda_graph else args.lr
