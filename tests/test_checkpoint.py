@@ -467,3 +467,27 @@ def test_cuda_rng_and_cuda_model_load_on_cpu(tmp_path):
     Checkpoint.load(ckpt.last_path, {"model": cpu_model})
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     assert_state_equal({k: v.cpu() for k, v in model.state_dict().items()}, cpu_model.state_dict())
+
+
+def _adam(lr: float | torch.Tensor) -> torch.optim.Optimizer:
+    return torch.optim.Adam(make_model().parameters(), lr=lr, foreach=False)
+
+
+@pytest.mark.parametrize("saved_as", ["tensor", "number"])
+@pytest.mark.parametrize("loaded_as", ["tensor", "number"])
+def test_optimizer_hyperparameters_keep_the_loading_runs_form(tmp_path, saved_as, loaded_as):
+    """A scheduler (and a CUDA graph) hold the optimizer's tensor learning rate: loading must update that very
+    tensor on its device, not swap in the file's CPU copy; a float stays a float. Flags like `foreach` stay."""
+    saved = _adam(torch.tensor(0.1) if saved_as == "tensor" else 0.1)
+    saved.param_groups[0]["lr"] = torch.tensor(0.025) if saved_as == "tensor" else 0.025
+    Checkpoint({"optimizer": saved}, tmp_path).save(Engine(lambda engine, batch: None))
+
+    held = torch.tensor(0.1)
+    loaded = torch.optim.Adam(make_model().parameters(), lr=held if loaded_as == "tensor" else 0.1)
+    Checkpoint.load(Checkpoint.latest(tmp_path), {"optimizer": loaded})
+    lr = loaded.param_groups[0]["lr"]
+    if loaded_as == "tensor":
+        assert lr is held and float(held) == pytest.approx(0.025)
+    else:
+        assert type(lr) is float and lr == pytest.approx(0.025)
+    assert loaded.param_groups[0]["foreach"] is None  # this run's choice, not the saved foreach=False

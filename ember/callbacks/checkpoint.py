@@ -267,6 +267,28 @@ def _complete_checkpoints(dirname: str, prefix: str | None) -> tuple[list[str], 
     return [path for *_, path in found], problems
 
 
+IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict`, keeping each hyperparameter as the optimizer has it now: a tensor stays
+    the same tensor on its device with the saved value (a CUDA graph and a scheduler hold that very tensor;
+    torch would put back the CPU copy from the file), a number stays a number, and the implementation flags
+    (capturable, foreach, fused, differentiable) stay this run's."""
+    before = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, old in zip(optimizer.param_groups, before):
+        for key, was in old.items():
+            now = group.get(key)
+            if key in IMPLEMENTATION_FLAGS:
+                group[key] = was  # how this run computes the step, not a state of training
+            elif isinstance(was, torch.Tensor) and was.numel() == 1 and isinstance(now, (torch.Tensor, int, float)):
+                was.fill_(now.item() if isinstance(now, torch.Tensor) else now)
+                group[key] = was
+            elif isinstance(was, (int, float)) and isinstance(now, torch.Tensor) and now.numel() == 1:
+                group[key] = type(was)(now.item())
+
+
 class Checkpoint:
     """Saves `objects` (anything with state_dict/load_state_dict) every n epochs/iterations and at COMPLETED.
 
@@ -641,6 +663,8 @@ class Checkpoint:
             try:
                 if isinstance(obj, nn.Module):
                     dist.unwrap(obj).load_state_dict(states[name], strict=strict)
+                elif isinstance(obj, torch.optim.Optimizer):
+                    _load_optimizer(obj, states[name])
                 else:
                     obj.load_state_dict(states[name])
             except Exception as exc:
