@@ -161,6 +161,9 @@ class DeviceLoader:
         self.targets = targets.to(self.device)
         self.dtype = torch.get_default_dtype()
         self.mean, self.std = _stats(normalize, self.dtype, self.device)
+        # A tensor on the device, not the number: CUDA divides by a Python scalar as a multiplication by its
+        # reciprocal, one bit away from ToTensor's true division on the CPU.
+        self.scale = torch.tensor(255, dtype=self.dtype, device=self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -224,7 +227,7 @@ class DeviceLoader:
 
     def _to_float(self, x: Tensor) -> Tensor:
         """ToTensor's `x.to(float).div(255)` then Normalize's `sub_(mean).div_(std)`, the same float ops."""
-        x = x.to(self.dtype).div_(255)
+        x = x.to(self.dtype).div_(self.scale)
         if self.mean is not None:
             x.sub_(self.mean).div_(self.std)
         return x
