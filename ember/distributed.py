@@ -170,6 +170,15 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def gather_object(obj: T, dst: int = 0) -> list[T] | None:
+    """Every rank's picklable `obj`, in rank order, on rank `dst` (None on the others); [obj] when alone."""
+    if not is_enabled():
+        return [obj]
+    out: list[T] | None = [obj] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def wrap_model(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
     """Move `model` to `device`; when distributed, wrap it in DistributedDataParallel (gradient averaging).
 

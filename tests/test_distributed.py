@@ -5,6 +5,7 @@ The module fixture runs tests/ddp_programs/train_mlp.py four times, two at a tim
   one   - 1 process, batch 16 (the same global batch); checkpoint after epoch 2 of 3
   two_to_one - 1 process, batch 16, resumed from two's checkpoint
   one_to_two - torchrun, 2 processes, batch 8 each, resumed from one's checkpoint
+  two_to_two - torchrun, 2 processes, batch 8 each, resumed from two's checkpoint
   nan   - torchrun, 2 processes, batch 8 each, rank 1's loss is NaN at iteration 3
 """
 
@@ -125,9 +126,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
             pytest.skip(f"this platform cannot start a torch.distributed gloo process group:\n{reason}")
     two_to_one = _planned(tmp, "two_to_one", 1, 16, "--resume", str(two.out / "ckpt"))
     one_to_two = _planned(tmp, "one_to_two", 2, 8, "--resume", str(one.out / "ckpt"))
+    two_to_two = _planned(tmp, "two_to_two", 2, 8, "--resume", str(two.out / "ckpt"))
     nan = _planned(tmp, "nan", 2, 8, "--nan-at", "3", "--nan-rank", "1")
-    _launch_together([two_to_one, one_to_two, nan])
-    return {r.name: r for r in (two, one, two_to_one, one_to_two, nan)}
+    _launch_together([two_to_one, one_to_two, two_to_two, nan])
+    return {r.name: r for r in (two, one, two_to_one, one_to_two, two_to_two, nan)}
 
 
 def test_two_processes_finish_and_only_rank0_writes(runs: dict[str, Run]) -> None:
@@ -172,6 +174,15 @@ def test_two_processes_equal_one_process_with_the_global_batch(runs: dict[str, R
     # LossPrinter counts the samples of all ranks: [current/size] as with one process and the global batch
     progress = {run.name: re.findall(r"^loss: .*(\[.*\])$", run.output, re.M) for run in (two, one)}
     assert progress["two"] == progress["one"] == ["[    0/   96]", "[   32/   96]", "[   64/   96]"] * EPOCHS
+
+
+def test_each_rank_resumes_its_own_random_stream(runs: dict[str, Run]) -> None:
+    """The ranks were seeded differently; after a resume each must draw what it drew in the straight run."""
+    straight, resumed = runs["two"].check(), runs["two_to_two"].check()
+    draws = [report["draw_after_training"] for report in straight["ranks"]]
+    assert draws[0] != draws[1]
+    assert [report["draw_after_training"] for report in resumed["ranks"]] == draws
+    assert_close(runs["two_to_two"].weights(), runs["two"].weights(), atol=0)
 
 
 def test_a_nan_on_one_rank_stops_every_rank_at_the_same_iteration(runs: dict[str, Run]) -> None:

@@ -448,14 +448,17 @@ class Checkpoint:
             return None
         self._last_step = step
         try:
+            rng_ranks = None  # every rank's generators, so each resumes its own stream (a collective call)
+            if self.include_rng and barrier and dist.is_enabled():
+                rng_ranks = dist.gather_object(get_rng_state())
             if dist.is_main():
-                return self._save(engine, step)
+                return self._save(engine, step, rng_ranks)
             return None
         finally:
             if barrier and dist.is_enabled():
                 dist.barrier()
 
-    def _save(self, engine: Engine, step: int) -> str | None:
+    def _save(self, engine: Engine, step: int, rng_ranks: list[dict[str, Any]] | None = None) -> str | None:
         epoch = engine.state.epoch
         nan_at = getattr(engine.state, "terminated_on_nan", None)
         bad = self._non_finite_tensors()
@@ -482,6 +485,8 @@ class Checkpoint:
         }
         if self.include_rng:
             payload["rng"] = get_rng_state()
+            if rng_ranks is not None:
+                payload["rng_ranks"] = rng_ranks
         self._make_folder()
         if not self._adopted:
             self._adopt_existing(step)
@@ -673,7 +678,9 @@ class Checkpoint:
                     "Was the checkpoint written for a different setup (e.g. other optimizer parameter groups)?"
                 ) from exc
         if restore_rng and "rng" in payload:
-            set_rng_state(payload["rng"])
+            ranks = payload.get("rng_ranks")
+            same_world = ranks is not None and len(ranks) == dist.world_size()
+            set_rng_state(ranks[dist.rank()] if same_world else payload["rng"])
         return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
 
     @staticmethod

@@ -97,6 +97,7 @@ def main() -> None:
         ckpt = Checkpoint(objects, args.out / "ckpt", every_epochs=args.save_after, save_on_completed=False)
         trainer.add(ckpt)
     if args.resume is not None:
+        torch.rand(7)  # moves this process's generator, which the checkpoint must set back
         Checkpoint.load(Checkpoint.latest(args.resume), objects)
     iterations_run = 0
 
@@ -106,6 +107,7 @@ def main() -> None:
         iterations_run += 1
 
     trainer.run(loader, max_epochs=args.epochs)
+    draw_after_training = torch.rand(1).item()  # where this rank's torch generator stands
 
     evaluator = create_evaluator(model, {"accuracy": Accuracy(), "loss": Loss(F.cross_entropy)}, "cpu")
     metrics = evaluator.run(eval_shard(x_eval, y_eval)).metrics
@@ -120,6 +122,7 @@ def main() -> None:
         "loss": metrics["loss"],
         "sampler_epoch": sampler.epoch,
         "iteration": trainer.state.iteration,
+        "draw_after_training": draw_after_training,
         "terminated_on_nan": trainer.state.terminated_on_nan,
         "shard_accuracy": correct[shard].mean().item(),
         "all_reduce_sum": dist.all_reduce_sum(dist.rank() + 1),
@@ -132,6 +135,7 @@ def main() -> None:
         result = {
             "world_size": dist.world_size(),
             "iteration": trainer.state.iteration,
+        "draw_after_training": draw_after_training,
             "iterations_run": iterations_run,
             "epoch": trainer.state.epoch,
             "whole_set_accuracy": correct.mean().item(),

@@ -91,10 +91,10 @@ def install_hook(kind: str | None, after: int) -> None:
 
     original_save = Checkpoint._save
 
-    def _save(self: Checkpoint, engine: Any, step: int) -> str | None:
+    def _save(self: Checkpoint, engine: Any, step: int, *args: Any) -> str | None:
         saves[0] += 1
         current[0] = step
-        path = original_save(self, engine, step)
+        path = original_save(self, engine, step, *args)
         if path is not None:
             emit("saved", pid=os.getpid(), step=step, path=path)
             if kind == "saved" and armed():
