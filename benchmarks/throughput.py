@@ -648,9 +648,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--recipe", choices=sorted(CONFIGS), default="fashion-mnist-mlp")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per run (train + test each epoch)")
-    parser.add_argument("--warmup-epochs", type=int, default=0,
-                        help="first epochs of each run left out of the figures (compile, graph capture)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per run, train + test each (default: 1 on cpu; on cuda the warm-up + 1)")
+    parser.add_argument("--warmup-epochs", type=int, default=None,
+                        help="first epochs of each run left out of the figures: compilation, graph capture, "
+                             "cuDNN autotuning (default: 0 on cpu, 1 on cuda)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--limit-samples", type=int, default=None, help="first N train and test samples")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
@@ -668,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.loops) - set(LOOPS))
         if unknown or not args.loops:
             parser.error(f"unknown or no loop(s) {unknown}; choose from {', '.join(LOOPS)}")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = 1 if args.device == "cuda" else 0
+    if args.epochs is None:
+        args.epochs = args.warmup_epochs + 1
     if args.epochs < 1 or args.repeats < 1 or not 0 <= args.warmup_epochs < args.epochs:
         parser.error("need --epochs >= 1, --repeats >= 1 and 0 <= --warmup-epochs < --epochs")
     if args.limit_samples is not None and args.limit_samples < 1:

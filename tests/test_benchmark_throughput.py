@@ -75,3 +75,18 @@ def test_unknown_loop_is_refused(capsys):
     with pytest.raises(SystemExit):
         throughput.main(["--loops", "seed,tensorflow"])
     assert "tensorflow" in capsys.readouterr().err
+
+
+def test_epoch_defaults_leave_a_warm_up_epoch_out_on_cuda_only(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(throughput, "measure", lambda args: seen.update(vars(args)) or {})
+    monkeypatch.setattr(throughput, "render", lambda report: "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert throughput.main(["--device", "cuda"]) == 0
+    assert (seen["epochs"], seen["warmup_epochs"]) == (2, 1)
+    assert throughput.main(["--device", "cpu"]) == 0
+    assert (seen["epochs"], seen["warmup_epochs"]) == (1, 0)
+    assert throughput.main(["--device", "cuda", "--warmup-epochs", "2"]) == 0
+    assert (seen["epochs"], seen["warmup_epochs"]) == (3, 2)
+    with pytest.raises(SystemExit):
+        throughput.main(["--device", "cuda", "--epochs", "1"])  # nothing left to time
