@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ember import distributed as dist
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, exception_observer
 
 
 def as_float(value: Any) -> float | None:
@@ -153,6 +153,7 @@ class ProgressBar:
         bar.update(engine.state.epoch - bar.n)
         bar.refresh()
 
+    @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         self.close()
 
