@@ -87,6 +87,11 @@ class HandlerDict(dict):
             engine._handlers_changed()
 
 
+def marker(func: Any, name: str) -> Any:
+    """An attribute ember set on a handler (or on a bound method's function), ignoring what Mocks make up."""
+    return getattr(getattr(func, "__func__", func), "__dict__", {}).get(name)
+
+
 def _condition(flt: Callable, event: Any, i: int, ns: dict) -> str | None:
     """The inline test of filter `flt` for `event`, or None when the wrapper must be called as it is."""
     attr = State.event_to_attr.get(event)
@@ -112,7 +117,7 @@ def compile_dispatch(engine: Any, event: Any, entries: list) -> Callable[[], Non
         engine_first = bool(args) and isinstance(args[0], weakref.ref)
         rest = args[1:] if engine_first else args
         target, condition = func, None
-        filtered = getattr(func, "_ember_filtered", None)
+        filtered = marker(func, "_ember_filtered")
         if filtered is not None:
             condition = _condition(filtered[1], event, i, ns)
             if condition is not None:

@@ -21,7 +21,7 @@ from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSing
 from ignite.engine.events import Events, State
 from ignite.engine.utils import _to_hours_mins_secs
 
-from ember.engine.dispatch import HandlerDict, compile_dispatch
+from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
 
 ProcessFunction = Callable[["Engine", Any], Any]
 HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
@@ -68,7 +68,7 @@ def exception_observer(fn: Callable) -> Callable:
 
 def _last_of_only_observers(engine: Any, observer: Callable, args: tuple) -> bool:
     entries = engine._event_handlers.get(Events.EXCEPTION_RAISED, [])
-    if not entries or not all(getattr(f, "_ember_observer", False) for f, _, _ in entries):
+    if not entries or not all(marker(f, "_ember_observer") for f, _, _ in entries):
         return False
     last = entries[-1][0]
     return getattr(last, "__func__", last) is observer and (len(args) == 2 or last.__self__ is args[0])
@@ -156,7 +156,7 @@ class Engine(IgniteEngine):
         if Events.EXCEPTION_RAISED not in handlers or id(self) in dispatched:
             raise e  # no handler, or a handler re-raised it: Ignite would fire the event again, ember once
         dispatched.add(id(self))
-        handled = any(not getattr(f, "_ember_observer", False) for f, _, _ in handlers[Events.EXCEPTION_RAISED])
+        handled = any(not marker(f, "_ember_observer") for f, _, _ in handlers[Events.EXCEPTION_RAISED])
         self._fire_event(Events.EXCEPTION_RAISED, e)
         if not handled:
             raise e
@@ -182,7 +182,10 @@ class Engine(IgniteEngine):
         self._new_iter(skip=self._init_iter)
 
     def _setup_dataloader_iter(self) -> None:
-        self._new_iter()
+        if type(self)._setup_engine is not Engine._setup_engine:
+            super()._setup_dataloader_iter()  # the subclass orders its data itself (DeterministicEngine)
+        else:
+            self._new_iter()
 
     def _new_iter(self, skip: int = 0) -> None:
         """A fresh data iterator for the current epoch (samplers get `set_epoch`), `skip` batches in."""
