@@ -135,8 +135,9 @@ def test_checkpoint_model_checkpoint_and_disk_saver(tmp_path):
     model, optimizer, data = problem()
     trainer = create_trainer(model, optimizer, F.cross_entropy)
     to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint(to_save, DiskSaver(tmp_path / "a", require_empty=False),
-                                                                 n_saved=2, global_step_transform=global_step_from_engine(trainer)))
+    saver = DiskSaver(tmp_path / "a", require_empty=False)
+    checkpoint = Checkpoint(to_save, saver, n_saved=2, global_step_transform=global_step_from_engine(trainer))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=3),
                               ModelCheckpoint(tmp_path / "b", "m", n_saved=None), {"model": model})
     trainer.run(data, max_epochs=3)

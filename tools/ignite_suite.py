@@ -41,7 +41,7 @@ def fetch(version: str, cache: Path) -> Path:
     if (src / "tests" / "ignite").is_dir():
         return src
     cache.mkdir(parents=True, exist_ok=True)
-    sdists = sorted(cache.glob(f"pytorch_ignite-{version}.tar.gz")) or sorted(cache.glob(f"pytorch-ignite-{version}.tar.gz"))
+    sdists = sorted(cache.glob(f"pytorch[-_]ignite-{version}.tar.gz"))
     if not sdists:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
                f"pytorch-ignite=={version}", "-d", str(cache)]
