@@ -1,6 +1,34 @@
 """ember: an event-driven training engine for PyTorch, in the style of PyTorch-Ignite."""
 
-from ember.engine import Engine, Events, State, create_evaluator, create_trainer
+from ember.engine import (
+    DeterministicEngine,
+    Engine,
+    EventEnum,
+    Events,
+    State,
+    create_evaluator,
+    create_supervised_evaluator,
+    create_supervised_trainer,
+    create_trainer,
+    supervised_training_step,
+    supervised_training_step_amp,
+    supervised_training_step_apex,
+    supervised_training_step_tpu,
+)
 
-__all__ = ["Engine", "Events", "State", "create_trainer", "create_evaluator"]
+__all__ = [
+    "DeterministicEngine",
+    "Engine",
+    "EventEnum",
+    "Events",
+    "State",
+    "create_evaluator",
+    "create_supervised_evaluator",
+    "create_supervised_trainer",
+    "create_trainer",
+    "supervised_training_step",
+    "supervised_training_step_amp",
+    "supervised_training_step_apex",
+    "supervised_training_step_tpu",
+]
 __version__ = "0.1.0"

@@ -11,9 +11,19 @@ from ember.engine.events import (
     State,
 )
 from ember.engine.steps import create_evaluator, create_trainer, default_prepare_batch
+from ember.engine.supervised import (
+    DeterministicEngine,
+    create_supervised_evaluator,
+    create_supervised_trainer,
+    supervised_training_step,
+    supervised_training_step_amp,
+    supervised_training_step_apex,
+    supervised_training_step_tpu,
+)
 
 __all__ = [
     "CallableEventWithFilter",
+    "DeterministicEngine",
     "Engine",
     "EventEnum",
     "Events",
@@ -22,7 +32,13 @@ __all__ = [
     "RemovableEventHandle",
     "State",
     "create_evaluator",
+    "create_supervised_evaluator",
+    "create_supervised_trainer",
     "create_trainer",
     "default_prepare_batch",
     "exception_observer",
+    "supervised_training_step",
+    "supervised_training_step_amp",
+    "supervised_training_step_apex",
+    "supervised_training_step_tpu",
 ]
