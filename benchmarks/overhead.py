@@ -25,29 +25,60 @@ def step(engine: object, batch: int) -> int:
     return batch
 
 
-def bare(data: list, epochs: int, with_handler: bool) -> None:
-    """The floor: a plain for loop calling the same step and, optionally, the same handler check."""
+def handler(engine: object) -> None:
+    """A trivial handler: the benchmark measures the dispatch around it."""
+
+
+def every_seventh(engine: object, event: int) -> bool:
+    """A custom event filter (`event_filter=`), called on every iteration."""
+    return event % 7 == 0
+
+
+def bare(data: list, epochs: int, case: str) -> None:
+    """The floor: a plain for loop doing the same calls and filter tests as the case's handlers, inline."""
     iteration = 0
-    hits = 0
     for _ in range(epochs):
         for batch in data:
             iteration += 1
+            if case == FIVE and iteration % 50 == 0:
+                handler(None)
             step(None, batch)
-            if with_handler and iteration % 100 == 0:
-                hits += 1
+            if case == FIVE:
+                handler(None)
+                if every_seventh(None, iteration):
+                    handler(None)
+            if case != NONE and iteration % 100 == 0:
+                handler(None)
+        if case == FIVE:
+            handler(None)
 
 
-def with_engine(engine_cls: type, events: type) -> Callable[[list, int, bool], None]:
-    def run(data: list, epochs: int, with_handler: bool) -> None:
+def attach(engine: object, events: type, case: str) -> None:
+    """The case's handlers on `engine`, through the Ignite API that both engines share."""
+    if case == FIVE:
+        engine.add_event_handler(events.ITERATION_COMPLETED, handler)
+        engine.add_event_handler(events.ITERATION_STARTED(every=50), handler)
+        engine.add_event_handler(events.ITERATION_COMPLETED(event_filter=every_seventh), handler)
+        engine.add_event_handler(events.EPOCH_COMPLETED, handler)
+    if case != NONE:
+        engine.add_event_handler(events.ITERATION_COMPLETED(every=100), handler)
+
+
+def with_engine(engine_cls: type, events: type) -> Callable[[list, int, str], None]:
+    def run(data: list, epochs: int, case: str) -> None:
         engine = engine_cls(step)
-        if with_handler:
-            engine.add_event_handler(events.ITERATION_COMPLETED(every=100), lambda e: None)
+        attach(engine, events, case)
         engine.run(data, max_epochs=epochs)
 
     return run
 
 
-RUNNERS: dict[str, Callable[[list, int, bool], None]] = {
+NONE = "no handlers"
+ONE = "one handler on ITERATION_COMPLETED(every=100)"
+FIVE = ("five handlers: ITERATION_COMPLETED, ITERATION_COMPLETED(every=100), ITERATION_STARTED(every=50), "
+        "ITERATION_COMPLETED(event_filter=fn), EPOCH_COMPLETED")
+CASES = (NONE, ONE, FIVE)
+RUNNERS: dict[str, Callable[[list, int, str], None]] = {
     "bare loop": bare,
     "ember": with_engine(Engine, Events),
     "ignite": with_engine(IgniteEngine, IgniteEvents),
@@ -55,19 +86,18 @@ RUNNERS: dict[str, Callable[[list, int, bool], None]] = {
 
 
 def measure(iterations: int, repeats: int, epochs: int = 4) -> dict:
-    """Time every runner `repeats` times, interleaved, for both handler settings; return per-iteration figures."""
+    """Time every runner `repeats` times, interleaved, in every case; return per-iteration figures."""
     data = list(range(iterations // epochs))
     n = len(data) * epochs
     results: dict = {}
-    for with_handler in (False, True):
+    for case in CASES:
         times: dict[str, list[float]] = {name: [] for name in RUNNERS}
         for _ in range(repeats):
             for name, runner in RUNNERS.items():
                 t0 = time.perf_counter()
-                runner(data, epochs, with_handler)
+                runner(data, epochs, case)
                 times[name].append(time.perf_counter() - t0)
         floor = statistics.median(times["bare loop"])
-        case = "one handler on ITERATION_COMPLETED(every=100)" if with_handler else "no handlers"
         results[case] = {
             name: {
                 "median_s": statistics.median(t),

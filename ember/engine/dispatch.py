@@ -98,21 +98,22 @@ def _condition(flt: Callable, event: Any, i: int, ns: dict) -> str | None:
     if attr is None or not attr.isidentifier():
         return None
     if getattr(flt, "__code__", None) is _EVERY_CODE:
-        return f"not e.state.{attr} % {int(flt.__closure__[0].cell_contents)}"
+        return f"not s.{attr} % {int(flt.__closure__[0].cell_contents)}"
     ns[f"f{i}"] = flt
-    return f"f{i}(e, e.state.{attr})"
+    return f"f{i}(e, s.{attr})"
 
 
-def compile_dispatch(engine: Any, event: Any, entries: list) -> Callable[[], None] | None:
-    """One function that runs `entries` (Ignite's handler tuples for `event`) as Ignite's `_fire_event` would.
+def compile_dispatch(engine: Any, event: Any, entries: list) -> Callable[[State], None] | None:
+    """One function `fire(state)` that runs `entries` (Ignite's handler tuples for `event`) as Ignite would.
 
     Returns None when there is nothing to run. Handlers registered with a filter (Ignite wraps them) are called
     directly behind their test; anything ember does not recognise is called exactly as Ignite calls it.
+    `engine.last_event_name` is set before any handler runs, as Ignite sets it.
     """
     if not entries:
         return None
     ns: dict[str, Any] = {"e": engine, "ev": event}
-    lines = ["def fire():", "    e.last_event_name = ev"]
+    calls: list[tuple[str | None, str]] = []
     for i, (func, args, kwargs) in enumerate(entries):
         engine_first = bool(args) and isinstance(args[0], weakref.ref)
         rest = args[1:] if engine_first else args
@@ -126,7 +127,14 @@ def compile_dispatch(engine: Any, event: Any, entries: list) -> Callable[[], Non
         params = ["e"] if engine_first else []
         params += [f"*a{i}"] if rest else []
         params += [f"**k{i}"] if kwargs else []
-        call = f"h{i}({', '.join(params)})"
-        lines += [f"    if {condition}:", f"        {call}"] if condition else [f"    {call}"]
+        calls.append((condition, f"h{i}({', '.join(params)})"))
+    always = any(condition is None for condition, _ in calls)
+    lines = ["def fire(s):"] + (["    e.last_event_name = ev"] if always else [])
+    for condition, call in calls:
+        if condition is None:
+            lines.append(f"    {call}")
+        else:
+            lines += [f"    if {condition}:"] + ([] if always else ["        e.last_event_name = ev"])
+            lines.append(f"        {call}")
     exec("\n".join(lines), ns)  # noqa: S102 - source built above from fixed templates, no user text
     return ns["fire"]

@@ -142,7 +142,7 @@ class Engine(IgniteEngine):
         """The per-iteration events' dispatch functions (None where nothing runs), rebuilt after a change."""
         if self._dispatch is None:
             if type(self)._fire_event is not IgniteEngine._fire_event:
-                self._dispatch = tuple(functools.partial(self._fire_event, ev) for ev in HOT_EVENTS)
+                self._dispatch = tuple(_fire_through(self, ev) for ev in HOT_EVENTS)
             else:
                 handlers = self._event_handlers
                 self._dispatch = tuple(compile_dispatch(self, ev, handlers.get(ev)) for ev in HOT_EVENTS)
@@ -308,12 +308,13 @@ class Engine(IgniteEngine):
         has_data = state.dataloader is not None
         process = self._process_function
         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
+        max_iters = state.max_iters
         restarted = False
         try:
             while True:
                 state.batch = None
                 if get_started is not None and has_data and not restarted:
-                    get_started()
+                    get_started(state)
                     if self._attn:
                         yield from self._attend()
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
@@ -343,16 +344,15 @@ class Engine(IgniteEngine):
                     continue
                 restarted = False
                 state.output = None
-                if has_data:
-                    if get_completed is not None:
-                        get_completed()
+                if get_completed is not None and has_data:
+                    get_completed(state)
                     if self._attn:
                         yield from self._attend()
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 iter_counter += 1
                 state.iteration += 1
                 if it_started is not None:
-                    it_started()
+                    it_started(state)
                     if self._attn:
                         yield from self._attend()
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
@@ -363,13 +363,13 @@ class Engine(IgniteEngine):
                                  f"{state.iteration}; batch: {describe(state.batch)}")
                     raise
                 if it_completed is not None:
-                    it_completed()
+                    it_completed(state)
                 if self._attn:
                     yield from self._attend()
                     get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 if iter_counter == state.epoch_length:
                     break
-                if state.iteration == state.max_iters:
+                if max_iters is not None and state.iteration == max_iters:
                     self.should_terminate = True
                     raise _EngineTerminateException()
         except _EngineTerminateSingleEpochException:
@@ -381,6 +381,15 @@ class Engine(IgniteEngine):
             self.logger.error(f"Current run is terminating due to exception: {e}")
             self._handle_exception(e)
         return time.time() - start_time
+
+
+def _fire_through(engine: Engine, event: Any) -> Callable[[State], None]:
+    """Dispatch through `engine._fire_event`, for subclasses that override it (they see every event)."""
+
+    def fire(state: State) -> None:
+        engine._fire_event(event)
+
+    return fire
 
 
 def _sampler_of(data: Any) -> Any:
