@@ -31,17 +31,48 @@ def get_rng_state() -> dict[str, Any]:
     return state
 
 
+def _python_state(py: dict[str, Any]) -> tuple:
+    return int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]
+
+
+def _numpy_state(npst: dict[str, Any]) -> tuple:
+    key = np.asarray(npst["key"], dtype=np.uint32)
+    return npst["bit_generator"], key, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"])
+
+
+def rng_state_problem(state: Any) -> str | None:
+    """What `set_rng_state(state)` would fail on, found by restoring it into fresh generators (the global
+    ones are not touched), or None when it would succeed."""
+    if not isinstance(state, dict):
+        return f"it is a {type(state).__name__}, not a dict of generator states"
+    part = ""
+    try:
+        part = "python"
+        if part in state:
+            random.Random().setstate(_python_state(state[part]))
+        part = "numpy"
+        if part in state:
+            np.random.RandomState().set_state(_numpy_state(state[part]))
+        part = "torch"
+        if part in state:
+            torch.Generator().set_state(state[part].cpu())
+        part = "cuda"
+        cuda = state.get(part, [])
+        if not isinstance(cuda, (list, tuple)) or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda
+        ):
+            raise TypeError("not a list of byte tensors")
+    except Exception as exc:  # each generator raises its own kind (TypeError, ValueError, KeyError, ...)
+        return f"its {part} generator state is unusable ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore generators from `get_rng_state()` output; parts that are absent are left as they are."""
     if "python" in state:
-        py = state["python"]
-        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
+        random.setstate(_python_state(state["python"]))
     if "numpy" in state:
-        npst = state["numpy"]
-        key = np.asarray(npst["key"], dtype=np.uint32)
-        np.random.set_state(
-            (npst["bit_generator"], key, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"]))
-        )
+        np.random.set_state(_numpy_state(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda")
