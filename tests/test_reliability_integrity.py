@@ -73,7 +73,11 @@ def test_every_flipped_bit_is_caught_or_changes_nothing_that_loads(folder):
     good = path.read_bytes()
     reference = load_payload(path)
     rng = random.Random(7)
-    positions = sorted(rng.sample(range(len(good)), 300))
+    tensors = [t for t in reference["objects"]["model"].values()] + [reference["rng"]["torch"]]
+    spans = [(good.find(t.numpy().tobytes()), t.numel() * t.element_size()) for t in tensors]
+    assert all(start > 0 for start, _ in spans)
+    in_tensors = {start + rng.randrange(size) for start, size in spans for _ in range(15)}
+    positions = sorted(set(rng.sample(range(len(good)), 200)) | in_tensors)
     caught = 0
     for position in positions:
         flipped = bytearray(good)
@@ -88,9 +92,10 @@ def test_every_flipped_bit_is_caught_or_changes_nothing_that_loads(folder):
             assert_unchanged(objects, before)
             caught += 1
             continue
+        assert position not in in_tensors, f"a flip in a tensor's bytes (at {position}) was not caught"
         # undetected: only bytes that load as nothing (zip padding, timestamps) may differ
         assert_same(reference, load_payload(path), f"bit flip at byte {position} loaded silently")
-    assert caught >= 0.9 * len(positions), f"only {caught} of {len(positions)} flips were caught"
+    assert caught >= 0.8 * len(positions), f"only {caught} of {len(positions)} flips were caught"
 
 
 def test_a_flip_in_the_weights_names_the_record(folder):

@@ -20,7 +20,7 @@ from torch import nn
 from ember import distributed as dist
 from ember._files import disk_full, pid_alive
 from ember.callbacks.evaluate import EvalEvents
-from ember.callbacks.nan import float_leaves, pending_non_finite
+from ember.callbacks.nan import all_finite, float_leaves, pending_non_finite
 from ember.callbacks.rng import get_rng_state
 from ember.checkpoint import restore
 from ember.checkpoint.format import (
@@ -584,11 +584,7 @@ class Checkpoint:
                 for key, t in [*module.named_parameters(), *module.named_buffers()]:
                     if t.is_floating_point() or t.is_complex():
                         named.append((f"{name}.{key}", t.detach()))
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for _, t in named:
-            by_device.setdefault(t.device, []).append(t)
-        clean = all(bool(torch.stack([torch.isfinite(t).all() for t in ts]).all()) for ts in by_device.values())
-        if clean:
+        if all_finite([t for _, t in named]):
             return []
         return [key for key, t in named if not bool(torch.isfinite(t).all())]
 

@@ -39,6 +39,22 @@ def float_leaves(obj: Any) -> list[Any]:
     return []
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no tensor holds NaN or Inf, with one host sync per device: a tensor's sum is finite when all its
+    values are (a reduction far cheaper than `isfinite`'s mask); a sum that is not (NaN/Inf, or an overflow)
+    gets the exact check."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.detach())
+    for ts in by_device.values():
+        sums = torch.stack([t.sum().to(torch.float64) if not t.is_complex() else t.sum().abs().double() for t in ts])
+        if not bool(torch.isfinite(sums).all()):
+            bad = ~torch.isfinite(sums)
+            if any(not bool(torch.isfinite(t).all()) for t, b in zip(ts, bad.tolist()) if b):
+                return False
+    return True
+
+
 class TerminateOnNan:
     """Terminates the run at the first NaN or infinity in the output (the loss, or any tensor in it).
 

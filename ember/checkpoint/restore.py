@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ember import distributed as dist
+from ember.callbacks.nan import all_finite
 from ember.callbacks.rng import rng_state_problem, set_rng_state
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, read
 from ember.engine import Engine
@@ -133,14 +134,22 @@ def _engine_state_problem(state: Any, step: int | None) -> str | None:
 
 def _non_finite(state: Any, where: str) -> list[str]:
     """Names of the floating-point tensors in a nested state that hold NaN or Inf."""
+    named = list(_float_tensors(state, where))
+    if all_finite([t for _, t in named]):
+        return []
+    return [name for name, t in named if not bool(torch.isfinite(t).all())]
+
+
+def _float_tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(state, torch.Tensor):
-        floating = state.is_floating_point() or state.is_complex()
-        return [where] if floating and not bool(torch.isfinite(state).all()) else []
-    if isinstance(state, Mapping):
-        return [bad for key, value in state.items() for bad in _non_finite(value, f"{where}.{key}")]
-    if isinstance(state, (list, tuple)):
-        return [bad for i, value in enumerate(state) for bad in _non_finite(value, f"{where}.{i}")]
-    return []
+        if state.is_floating_point() or state.is_complex():
+            yield where, state
+    elif isinstance(state, Mapping):
+        for key, value in state.items():
+            yield from _float_tensors(value, f"{where}.{key}")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _float_tensors(value, f"{where}.{i}")
 
 
 def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
