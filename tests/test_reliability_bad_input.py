@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -110,3 +112,72 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
     monkeypatch.setattr(torch, "save", real_save)  # space freed: the run resumes from iteration 4
     code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--resume"))
     assert code == 0 and "iteration 4" in out, out + err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--lr", "inf", "argument --lr: must be a finite positive number, got inf"),
+        ("--lr", "nan", "argument --lr: must be a finite positive number, got nan"),
+        ("--seed", "18446744073709551616", "argument --seed: must be an integer from -9223372036854775808 to "
+                                           "9223372036854775807, got 18446744073709551616"),
+        ("--num-workers", "-1", "argument --num-workers: must be 0 or more, got -1"),
+    ],
+)
+def test_bad_flag_values_are_refused_in_one_line(root, tmp_path, flag, value, expected):
+    code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--no-tensorboard", flag, value))
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and errors[0].endswith(expected), err
+    assert "Traceback" not in err and "Epoch" not in out and not (tmp_path / "ckpt").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """make(kib): a folder on a tmpfs of that size (mounted for the test, as root), to really fill up."""
+    mounted = []
+
+    def make(kib: int):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        if os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("filling a real disk needs root to mount a small tmpfs")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_really_full_disk_says_so_for_checkpoints_and_keeps_the_earlier_ones(root, tmp_path, small_disk):
+    code, out, err = run_cli(lenet(root, tmp_path / "probe", "--no-tensorboard", "--max-iterations", "1"))
+    assert code == 0, err
+    size = os.path.getsize(tmp_path / "probe" / "checkpoint_000000001.pt")
+    folder = small_disk((size * 5 // 2) // 1024 + 8) / "ckpt"  # room for two checkpoints, not three
+    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--checkpoint-every", "1", "--keep-last", "5"))
+    line = one_error(code, err)
+    assert "could not write checkpoint" in line and f"the disk is full (No space left on device) in {folder}" in line
+    assert "unexpected pos" not in line and "earlier checkpoints are untouched" in line, line
+    assert checkpoint_files(folder) == ["checkpoint_000000001.pt", "checkpoint_000000002.pt"]
+    assert temp_files(folder) == []
+    assert [load_payload(folder / n)["step"] for n in checkpoint_files(folder)] == [1, 2]
+
+
+def test_a_really_full_disk_says_so_for_tensorboard_logs(root, tmp_path, small_disk):
+    disk = small_disk(64)
+    logdir = disk / "tb"
+    logdir.mkdir()
+    (disk / "filler").write_bytes(b"\0" * (60 * 1024))  # leave a few KiB: the first events fit, later ones not
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--logdir", str(logdir), "--epochs", "40",
+                                       "--checkpoint-every", "2"))
+    line = one_error(code, err)
+    assert f"cannot write TensorBoard logs to {logdir}: the disk is full (No space left on device)" in line, line
+    assert "Exception in thread" not in err and "Traceback" not in err, err
+    assert any(os.path.getsize(logdir / n) > 0 for n in os.listdir(logdir)), "the first events are kept"
+    assert checkpoint_files(tmp_path / "ckpt"), "the checkpoints (on another disk) are not affected"

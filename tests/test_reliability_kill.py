@@ -217,3 +217,43 @@ def test_latest_uses_the_recorded_step_and_falls_back_past_a_corrupt_newest_file
     with pytest.warns(RuntimeWarning, match=str(newest)):
         path = Checkpoint.resume_latest(tmp_path, {"model": fresh, "trainer": fresh_trainer})
     assert path.endswith("checkpoint_000000099.pt") and fresh_trainer.state.iteration == 3
+
+
+PREPARE_SLOWLY = """
+import shutil, sys, time
+import ember.recipes.data as data
+
+def slow(src, dst, length=0):
+    dst.write(src.read(1000))
+    dst.flush()
+    print("WRITING", flush=True)
+    time.sleep(60)
+
+shutil.copyfileobj = slow
+data.load_fashion_mnist(root=sys.argv[1], cache=sys.argv[2], download=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_dataset_preparation_leaves_no_temp_file_after_the_next_run(tmp_path):
+    from fakedata import write_fashion_mnist
+
+    from ember.recipes.data import load_fashion_mnist
+
+    fake = write_fashion_mnist(tmp_path / "deb", layout="debian", gz=True)  # gzipped: decompressed into the cache
+    cache = tmp_path / "cache"
+    raw = cache / "FashionMNIST" / "raw"
+    with Child([python("harness.py")[0], "-c", PREPARE_SLOWLY, str(fake.folder), str(cache)]) as child:
+        child.wait_for(lambda line: line == "WRITING")
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.wait()
+    left = [n for n in os.listdir(raw) if n.endswith(".tmp")]
+    assert len(left) == 1 and f".{child.proc.pid}." in left[0], f"expected the killed run's temp file: {left}"
+    old = raw / ".train-images-idx3-ubyte.k3x_9q2z.tmp"  # what earlier versions named it, long untouched
+    old.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    live = raw / f".train-labels-idx1-ubyte.{os.getppid()}.abc12345.tmp"  # a live process's: left alone
+    live.write_bytes(b"being written")
+    dataset = load_fashion_mnist(root=fake.folder, cache=cache, download=False)
+    assert len(dataset) == len(fake.train_labels)
+    assert sorted(n for n in os.listdir(raw) if n.startswith(".")) == [".ember-prepared.json", live.name]

@@ -3,6 +3,7 @@ fp16 GradScaler skipped steps are not failures and the scaler's state is checkpo
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -156,3 +157,55 @@ def test_fp16_resume_through_cli_keeps_the_scaler(tmp_path, monkeypatch):
     resumed = load_payload(Checkpoint.latest(tmp_path / "split"))["objects"]
     for part in ("model", "optimizer", "scaler"):
         assert_same(straight[part], resumed[part], part)
+
+
+@pytest.mark.parametrize("order", ["guard-first", "checkpoint-first"])
+@pytest.mark.parametrize("poison", ["inf-loss", "nan-weights"])
+def test_a_checkpoint_every_iteration_saves_no_non_finite_step_and_warns_once(tmp_path, order, poison):
+    """TerminateOnNan looks every 50 steps, the checkpoint every step: the save makes it look first, so neither
+    an Inf loss with finite weights nor NaN weights is saved, and the refusal is reported once."""
+    step = {"n": 0}
+
+    def loss_fn(y_pred, y):
+        step["n"] += 1
+        return F.mse_loss(y_pred, y) + (math.inf if poison == "inf-loss" and step["n"] >= 3 else 0.0)
+
+    model, optimizer, trainer = make_trainer(loss_fn)
+    guard = TerminateOnNan(check_every=50)
+    ckpt = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=1, keep_last=None)
+    for handler in (guard, ckpt) if order == "guard-first" else (ckpt, guard):
+        trainer.add(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run(make_data(12, bad_at=3 if poison == "nan-weights" else None), max_epochs=3)
+    refused = [w for w in caught if "NOT saving" in str(w.message)]
+    assert len(refused) == 1, [str(w.message) for w in caught]
+    assert trainer.state.terminated_on_nan == (1, 3)
+    # attached first, the checkpoint refuses step 3 by its own look at the loss; the guard stops at its next save
+    assert trainer.state.iteration == (3 if order == "guard-first" else 4)
+    assert checkpoint_files(tmp_path) == ["checkpoint_000000001.pt", "checkpoint_000000002.pt"]
+
+
+def test_the_nan_message_is_printed_once_without_logging_configured(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a plain script: logging would print it again
+    model, optimizer, trainer = make_trainer()
+    trainer.add(TerminateOnNan(check_every=4))
+    trainer.run(make_data(12, bad_at=6), max_epochs=1)
+    err = capsys.readouterr().err
+    assert err.count("TerminateOnNan: non-finite loss (nan) at epoch 1, iteration 6") == 1, err
+
+
+def test_cli_checkpoint_every_1_with_nan_warns_once_and_prints_the_stop_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    monkeypatch.setattr(logging.root, "handlers", [])
+    root = write_tiny_mnist(tmp_path / "mnist")
+    folder = tmp_path / "ckpt"
+    argv = ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "2", "--batch-size", "8", "--keep-last",
+            "10", "--checkpoint-dir", str(folder), "--checkpoint-every", "1", "--no-tensorboard", "--no-progress"]
+    with hooked_trainers(corrupt_at=3, corrupt=nan_inputs), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = run_cli(argv)
+    assert code == 1, out + err
+    assert err.count("TerminateOnNan: non-finite loss (nan) at epoch 1, iteration 3") == 1, err
+    assert len([w for w in caught if "NOT saving" in str(w.message)]) == 1
+    assert checkpoint_files(folder) == ["checkpoint_000000001.pt", "checkpoint_000000002.pt"]

@@ -18,87 +18,36 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks.rng import get_rng_state, set_rng_state
+from ember._files import disk_full, pid_alive
+from ember.callbacks.evaluate import EvalEvents
+from ember.callbacks.nan import all_finite, float_leaves, pending_non_finite
+from ember.callbacks.rng import get_rng_state
+from ember.checkpoint import restore
+from ember.checkpoint.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    CorruptCheckpointError,
+    RecordingFile,
+)
+from ember.checkpoint.format import read as _read
+from ember.checkpoint.restore import listed as _listed
 from ember.engine import Engine, Events, exception_observer
 
-FORMAT = "ember-checkpoint"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT", "FORMAT_VERSION", "TMP_PREFIX", "Checkpoint", "CheckpointError", "CorruptCheckpointError"]
+
 TMP_PREFIX = ".tmp-"
 _REGULAR_RE = re.compile(r"^(?P<prefix>.+)_(?P<step>\d{9,})\.pt$")
 _BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+)\.pt$")
 _TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 _SAFE_LEAVES = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device)
-_MAX_LISTED = 20
 
 ScoreFn = Callable[[Engine], Any]
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be saved or loaded; the message names the file, the problem and what to do."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The file is empty, truncated or otherwise not a complete file written by `torch.save`."""
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _read(path: str, *, peek: bool = False) -> dict[str, Any]:
-    """Load an ember checkpoint with weights_only=True; `peek` memory-maps tensors so only metadata is read."""
-    if not os.path.exists(path):
-        raise CheckpointError(
-            f"checkpoint file {path} does not exist; check the path "
-            "(Checkpoint.latest(dirname) finds the newest complete checkpoint in a folder)"
-        )
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file; use Checkpoint.latest({path!r}) to pick one")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CorruptCheckpointError(
-            f"checkpoint file {path} is empty (0 bytes): it is corrupt or incomplete, probably left by a process "
-            "killed while writing; delete it and load an earlier checkpoint"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the weights_only unpickler warns about foreign pickle protocols
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=peek)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise CheckpointError(
-                f"{path} is not a plain checkpoint: it refers to {found.group(1)}, which could execute code when "
-                "unpickled. It was refused and NOT executed (torch.load weights_only=True). Only load it, outside "
-                "ember, if you trust where it came from"
-            ) from None
-        raise CorruptCheckpointError(
-            f"checkpoint file {path} ({size} bytes) is corrupt or incomplete: it is not a complete file written by "
-            f"torch.save ({_first_line(exc).rstrip('.')}); nothing in it was executed. Load an earlier checkpoint"
-        ) from None
-    except Exception as exc:
-        raise CorruptCheckpointError(
-            f"checkpoint file {path} ({size} bytes) is corrupt or incomplete (truncated, or not written by "
-            f"torch.save): {_first_line(exc)} Load an earlier checkpoint"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        keys = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(
-            f"{path} loads, but is not an ember checkpoint (it holds {keys}); for a bare state_dict use "
-            "model.load_state_dict(torch.load(path, weights_only=True))"
-        )
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {payload['version']}, newer than this ember reads "
-            f"({FORMAT_VERSION}); upgrade ember to load it"
-        )
-    return payload
 
 
 def _find_unsafe(obj: Any, where: str) -> str | None:
@@ -157,9 +106,13 @@ def _atomically(dst: str) -> Iterator[str]:
 def _atomic_save(payload: dict[str, Any], path: str) -> None:
     """Write to a temp file in the same folder, fsync, check it loads with weights_only, then rename over `path`."""
     with _atomically(path) as tmp:
-        with open(tmp, "xb") as f:
-            torch.save(payload, f)
-            f.flush()
+        with RecordingFile(tmp, "xb") as f:
+            try:
+                torch.save(payload, f)
+            except Exception:
+                if f.error is not None:
+                    raise f.error from None  # the cause torch.save hides ("unexpected pos"), e.g. a full disk
+                raise
             os.fsync(f.fileno())
         try:
             with warnings.catch_warnings():
@@ -187,43 +140,6 @@ def _atomic_link(src: str, dst: str) -> None:
                 os.fsync(f.fileno())
 
 
-def _strip_wrapper_prefixes(state: Mapping[str, Any], own_keys: set[str]) -> Mapping[str, Any]:
-    """Drop `module.` / `_orig_mod.` key prefixes of state saved from a wrapped model by other tools."""
-    for wrapper in ("module.", "_orig_mod."):
-        if state and all(k.startswith(wrapper) for k in state) and not any(k.startswith(wrapper) for k in own_keys):
-            state = {k[len(wrapper):]: v for k, v in state.items()}
-    return state
-
-
-def _module_mismatch(module: nn.Module, state: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys and keys whose shapes differ between `module` and a saved state_dict."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        k
-        for k in own
-        if k in state and isinstance(own[k], torch.Tensor) and isinstance(state[k], torch.Tensor)
-        and state[k].shape != own[k].shape
-    ]
-    return missing, unexpected, shapes
-
-
-def _describe_mismatch(
-    name: str, module: nn.Module, state: Mapping[str, Any], missing: list[str], unexpected: list[str], shapes: list[str]
-) -> str:
-    lines = [f"'{name}' does not match the checkpoint (was it saved from a different model?):"]
-    if missing:
-        lines.append(f"  missing keys (in the model, not in the checkpoint): {_listed(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys (in the checkpoint, not in the model): {_listed(unexpected)}")
-    if shapes:
-        own = module.state_dict()
-        described = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shapes]
-        lines.append(f"  shape mismatches: {_listed(described)}")
-    return "\n".join(lines)
-
-
 def _scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """(step, path) of regular and of best checkpoint files in `dirname`, by file name; temp files are skipped."""
     regular: list[tuple[int, str]] = []
@@ -245,9 +161,10 @@ def _scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list
     return regular, best
 
 
-def _complete_checkpoints(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
-    """Readable checkpoints in `dirname`, newest first by the step recorded inside each file, and the
-    problems of the unreadable ones (each skipped with a warning that names the file)."""
+def _candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
+    """Checkpoints in `dirname` whose metadata reads, newest first by the step recorded inside each file (a
+    regular file before a best one of the same step), and the problems of the others, each skipped with a
+    warning that names the file. The tensors' checksums are checked when a file is loaded or picked."""
     regular, best = _scan(os.fspath(dirname), prefix)
     found: list[tuple[int, bool, float, str]] = []
     problems: list[str] = []
@@ -259,34 +176,12 @@ def _complete_checkpoints(dirname: str, prefix: str | None) -> tuple[list[str], 
                 continue
             except CheckpointError as exc:
                 problem = str(exc)
-            except (KeyError, TypeError, ValueError, OSError) as exc:
-                problem = f"{path} has no readable step ({exc!r})"
+            except OSError as exc:
+                problem = f"{path} cannot be read ({exc})"
             problems.append(problem)
             warnings.warn(f"skipping checkpoint {path}: {problem}", RuntimeWarning, stacklevel=3)
     found.sort(reverse=True)
     return [path for *_, path in found], problems
-
-
-IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """`optimizer.load_state_dict`, keeping each hyperparameter as the optimizer has it now: a tensor stays
-    the same tensor on its device with the saved value (a CUDA graph and a scheduler hold that very tensor;
-    torch would put back the CPU copy from the file), a number stays a number, and the implementation flags
-    (capturable, foreach, fused, differentiable) stay this run's."""
-    before = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, old in zip(optimizer.param_groups, before):
-        for key, was in old.items():
-            now = group.get(key)
-            if key in IMPLEMENTATION_FLAGS:
-                group[key] = was  # how this run computes the step, not a state of training
-            elif isinstance(was, torch.Tensor) and was.numel() == 1 and isinstance(now, (torch.Tensor, int, float)):
-                was.fill_(now.item() if isinstance(now, torch.Tensor) else now)
-                group[key] = was
-            elif isinstance(was, (int, float)) and isinstance(now, torch.Tensor) and now.numel() == 1:
-                group[key] = type(was)(now.item())
 
 
 class Checkpoint:
@@ -361,8 +256,13 @@ class Checkpoint:
         self._regular: list[tuple[int, str]] = []
         self._best: list[tuple[float, int, str]] = []
         self._adopted = False
-        self._last_step: int | None = None
+        self._step: int | None = None
+        self._step_kinds: set[str] = set()  # what was written at iteration _step ("regular", "best")
+        self._by_evaluation = False
+        self._fresh_score: tuple[int, float | None] | None = None  # (iteration, score) of the last evaluation
+        self._monitor_found = False
         self._warned_monitor = False
+        self._refused = 0
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -388,6 +288,9 @@ class Checkpoint:
             engine.add_event_handler(Events.COMPLETED, self._on_event)
         if self.save_on_exception:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+        if self.keep_best:
+            engine.add_event_handler(Events.STARTED, self._find_evaluation)
+            engine.add_event_handler(Events.COMPLETED, self._check_monitor_found)
 
     def _make_folder(self) -> None:
         try:
@@ -408,7 +311,7 @@ class Checkpoint:
             if match is None:
                 continue
             pid = int(match.group("pid"))
-            if pid != os.getpid() and _pid_alive(pid):
+            if pid != os.getpid() and pid_alive(pid):
                 continue  # another live process may be writing it right now
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dirname, name))
@@ -440,44 +343,90 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ saving
     def save(self, engine: Engine | None = None, *, barrier: bool = True) -> str | None:
-        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written."""
+        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written.
+
+        With an Evaluate attached, best files are made after its evaluations instead (see the class doc)."""
         engine = engine if engine is not None else self.engine
         if engine is None:
             raise RuntimeError("attach the Checkpoint to an engine (engine.add(checkpoint)) or pass engine=")
+        return self._write(engine, regular=self.keep_last != 0, best=not self._by_evaluation, barrier=barrier)
+
+    def _on_evaluated(self, engine: Engine) -> None:
+        """Right after an evaluation: the score describes the current weights, so a best file may be made."""
+        self._fresh_score = (engine.state.iteration, self._score(engine, evaluated=True))
+        self._write(engine, regular=False, best=True, barrier=True)
+
+    def _write(self, engine: Engine, *, regular: bool, best: bool, barrier: bool) -> str | None:
         step = engine.state.iteration
-        if step == self._last_step:
+        if step != self._step:
+            self._step, self._step_kinds = step, set()
+        kinds = {kind for kind, wanted in (("regular", regular), ("best", best)) if wanted} - self._step_kinds
+        if not kinds:
             return None
-        self._last_step = step
+        self._step_kinds |= kinds
         try:
+            if barrier:  # TerminateOnNan looks at the steps since its last check (collective under torchrun)
+                pending_non_finite(engine)
             rng_ranks = None  # every rank's generators, so each resumes its own stream (a collective call)
             if self.include_rng and barrier and dist.is_enabled():
                 rng_ranks = dist.gather_object(get_rng_state())
             if dist.is_main():
-                return self._save(engine, step, rng_ranks)
+                return self._save(engine, step, kinds, rng_ranks)
             return None
         finally:
             if barrier and dist.is_enabled():
                 dist.barrier()
 
-    def _save(self, engine: Engine, step: int, rng_ranks: list[dict[str, Any]] | None = None) -> str | None:
+    def _save(
+        self, engine: Engine, step: int, kinds: set[str], rng_ranks: list[dict[str, Any]] | None = None
+    ) -> str | None:
         epoch = engine.state.epoch
-        nan_at = getattr(engine.state, "terminated_on_nan", None)
-        bad = self._non_finite_tensors()
-        if bad or nan_at is not None:
-            why = f"{_listed(bad)} contain NaN or Inf" if bad else f"TerminateOnNan stopped the run at {nan_at}"
-            warnings.warn(
-                f"Checkpoint: NOT saving iteration {step} (epoch {epoch}): {why}. "
-                f"The last good checkpoint ({self.last_path or 'none yet'}) is kept untouched",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        why = self._refusal(engine)
+        if why:
+            if not self._refused:
+                warnings.warn(
+                    f"Checkpoint: NOT saving iteration {step} (epoch {epoch}): {why}. The last good checkpoint "
+                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals of this run are not "
+                    "reported", RuntimeWarning, stacklevel=4,
+                )
+            self._refused += 1
             return None
-        score = self._score(engine)
+        if self._by_evaluation:
+            fresh = self._fresh_score is not None and self._fresh_score[0] == step
+            score = self._fresh_score[1] if fresh else None  # a score of other weights is not recorded
+        else:
+            score = self._score(engine)
+        self._make_folder()
+        if not self._adopted:
+            self._adopt_existing(step)
+        best = "best" in kinds and self._qualifies(score)
+        targets = [os.path.join(self.dirname, f"best_{self.prefix}_{step:09d}_score={score:.4g}.pt")] if best else []
+        if "regular" in kinds:
+            targets.append(os.path.join(self.dirname, f"{self.prefix}_{step:09d}.pt"))
+        if not targets:
+            return None
+        try:  # the best file first: a kill before the regular name is linked leaves it both best and resumable
+            _atomic_save(self._payload(engine, step, score, rng_ranks), targets[0])
+            if len(targets) == 2:
+                _atomic_link(targets[0], targets[1])
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(self._write_failed(targets[0], step, exc)) from exc
+        if "regular" in kinds:
+            self._regular = [entry for entry in self._regular if entry[1] != targets[-1]] + [(step, targets[-1])]
+        if best:
+            self._best = [entry for entry in self._best if entry[2] != targets[0]] + [(score, step, targets[0])]
+        self._evict()
+        self.last_path = targets[-1]
+        return targets[-1]
+
+    def _payload(self, engine: Engine, step: int, score: float | None, rng_ranks: list | None) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "step": step,
-            "epoch": epoch,
+            "epoch": engine.state.epoch,
             "score": score,
             "monitor": self.monitor if isinstance(self.monitor, str) else None,
             "saved_at": time.time(),
@@ -488,40 +437,33 @@ class Checkpoint:
             payload["rng"] = get_rng_state()
             if rng_ranks is not None:
                 payload["rng_ranks"] = rng_ranks
-        self._make_folder()
-        if not self._adopted:
-            self._adopt_existing(step)
-        targets = []
-        if self.keep_last != 0:
-            targets.append(os.path.join(self.dirname, f"{self.prefix}_{step:09d}.pt"))
-        is_best = self._qualifies(score)
-        if is_best:
-            targets.append(os.path.join(self.dirname, f"best_{self.prefix}_{step:09d}_score={score:.4g}.pt"))
-        if not targets:
-            return None
-        try:
-            _atomic_save(payload, targets[0])
-            if len(targets) == 2:
-                _atomic_link(targets[0], targets[1])
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(
-                f"could not write checkpoint {targets[0]} at iteration {step}: {exc}; earlier checkpoints are "
-                "untouched"
-            ) from exc
-        if self.keep_last != 0:
-            self._regular = [entry for entry in self._regular if entry[1] != targets[0]] + [(step, targets[0])]
-        if is_best:
-            self._best = [entry for entry in self._best if entry[2] != targets[-1]] + [(score, step, targets[-1])]
-        self._evict()
-        self.last_path = targets[0]
-        return targets[0]
+        return payload
+
+    def _write_failed(self, path: str, step: int, exc: BaseException) -> str:
+        if disk_full(exc):
+            return (
+                f"could not write checkpoint {path} at iteration {step}: the disk is full (No space left on device) "
+                f"in {self.dirname}; earlier checkpoints are untouched. Free some space there or save to a folder "
+                "on another disk"
+            )
+        return f"could not write checkpoint {path} at iteration {step}: {exc}; earlier checkpoints are untouched"
+
+    def _refusal(self, engine: Engine) -> str | None:
+        """Why this state must not be saved (a non-finite loss or weights), or None."""
+        nan_at = getattr(engine.state, "terminated_on_nan", None)
+        if nan_at is not None:
+            return f"TerminateOnNan stopped the run at {nan_at}"
+        leaves = float_leaves(engine.state.output)
+        if any(not bool(torch.isfinite(torch.as_tensor(x)).all()) for x in leaves):
+            return f"the output of iteration {engine.state.iteration} (the loss) is not finite"
+        bad = self._non_finite_tensors()
+        return f"{_listed(bad)} contain NaN or Inf" if bad else None
 
     def _adopt_existing(self, step: int) -> None:
         """Take over files an earlier (resumed) run left here, up to this iteration; leave later ones alone.
 
-        Unreadable (corrupt) files count towards keep_last as the oldest, so they are deleted first."""
+        Unreadable (corrupt) files count towards keep_last as the oldest, so they are deleted first. A best file
+        that a kill kept from being made (or that is gone) is made again from its step's regular file."""
         self._adopted = True
         regular, best = _scan(self.dirname, self.prefix)
         later = sorted(path for s, path in regular + best if s > step)
@@ -530,14 +472,14 @@ class Checkpoint:
                 f"{self.dirname} holds checkpoints from later iterations than this run's {step}: {_listed(later)}. "
                 "They are left alone, but Checkpoint.latest() will pick them; use a fresh folder or resume first",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
-        readable, unreadable = [], []
+        readable, unreadable, scored = [], [], []
         for s, path in sorted(regular):
             if s > step:
                 continue
             try:
-                _read(path, peek=True)
+                scored.append((_read(path, peek=True).get("score"), s, path))
                 readable.append((s, path))
             except CheckpointError:
                 unreadable.append((s, path))  # useless for resuming: first in line for eviction
@@ -551,6 +493,23 @@ class Checkpoint:
                 continue
             if saved_score is not None and math.isfinite(saved_score):
                 self._best.append((float(saved_score), s, path))
+        self._remake_lost_best(scored)
+
+    def _remake_lost_best(self, scored: list[tuple[float | None, int, str]]) -> None:
+        """Link `best_` names to the regular files whose recorded score is among the best `keep_best` but that
+        have no best file: what a kill between a save and its best link left (when the regular file came
+        first, as in earlier versions), or a best file deleted by hand."""
+        have = {s for _, s, _ in self._best}
+        lost = [(float(score), s, path) for score, s, path in scored
+                if self.keep_best and s not in have and score is not None and math.isfinite(score)]
+        sign = 1.0 if self.mode == "max" else -1.0
+        ranked = sorted(self._best + lost, key=lambda entry: (sign * entry[0], entry[1]), reverse=True)
+        for entry in ranked[: self.keep_best]:
+            if entry in lost:
+                score, s, path = entry
+                target = os.path.join(self.dirname, f"best_{self.prefix}_{s:09d}_score={score:.4g}.pt")
+                _atomic_link(path, target)
+                self._best.append((score, s, target))
 
     def _evict(self) -> None:
         """Delete regular files beyond keep_last (oldest first) and best files beyond keep_best (worst first)."""
@@ -578,23 +537,39 @@ class Checkpoint:
         scores = [entry[0] for entry in self._best]
         return score > min(scores) if self.mode == "max" else score < max(scores)
 
-    def _score(self, engine: Engine) -> float | None:
+    def _find_evaluation(self, engine: Engine) -> None:
+        """With an Evaluate on this engine, make best files right after its evaluations, from the weights it
+        evaluated, rather than at saves where the score may be older than the weights."""
+        if self._by_evaluation or not engine.has_registered_events(EvalEvents.EVALUATED):
+            return
+        self._by_evaluation = True
+        engine.add_event_handler(EvalEvents.EVALUATED, self._on_evaluated)
+
+    def _check_monitor_found(self, engine: Engine) -> None:
+        if isinstance(self.monitor, str) and not self._monitor_found and not self._warned_monitor:
+            self._warn_monitor(engine, "was never in engine.state.metrics during the run")
+
+    def _warn_monitor(self, engine: Engine, what: str) -> None:
+        self._warned_monitor = True
+        warnings.warn(
+            f"Checkpoint monitor {self.monitor!r} {what} (it has {sorted(engine.state.metrics)}), so no best "
+            "checkpoint was kept; Evaluate copies its evaluator's metrics there as 'val/<name>', or pass "
+            "monitor=a function of the engine",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _score(self, engine: Engine, *, evaluated: bool = False) -> float | None:
         if self.monitor is None:
             return None
         if callable(self.monitor):
             value = self.monitor(engine)
         elif self.monitor in engine.state.metrics:
+            self._monitor_found = True
             value = engine.state.metrics[self.monitor]
         else:
-            if not self._warned_monitor:
-                self._warned_monitor = True
-                warnings.warn(
-                    f"Checkpoint monitor {self.monitor!r} is not in engine.state.metrics "
-                    f"(has {sorted(engine.state.metrics)}); for an evaluator's metric pass "
-                    "monitor=lambda engine: evaluator.state.metrics[name]",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+            if evaluated and not self._warned_monitor:
+                self._warn_monitor(engine, "is not in engine.state.metrics after an evaluation")
             return None
         try:
             return float(value)
@@ -610,11 +585,7 @@ class Checkpoint:
                 for key, t in [*module.named_parameters(), *module.named_buffers()]:
                     if t.is_floating_point() or t.is_complex():
                         named.append((f"{name}.{key}", t.detach()))
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for _, t in named:
-            by_device.setdefault(t.device, []).append(t)
-        clean = all(bool(torch.stack([torch.isfinite(t).all() for t in ts]).all()) for ts in by_device.values())
-        if clean:
+        if all_finite([t for _, t in named]):
             return []
         return [key for key, t in named if not bool(torch.isfinite(t).all())]
 
@@ -629,86 +600,49 @@ class Checkpoint:
     ) -> dict[str, Any]:
         """Restore `objects` (and the RNG states) from `path`; returns step, epoch, score and path of the file.
 
-        Models are checked before anything changes: with strict=True a different architecture raises
-        CheckpointError listing missing/unexpected keys and shape mismatches. Objects in the file but not in
-        `objects` are ignored (load just the model for inference).
+        All or nothing: the file's checksums, its structure, the models' keys and shapes (with strict=True a
+        different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
+        the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
+        are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
+        the file but not in `objects` are ignored (load just the model for inference).
         """
-        path = os.fspath(path)
-        payload = _read(path)
-        saved = payload["objects"]
-        objects = _with_engine_scalers(objects, saved)
-        absent = [name for name in objects if name not in saved]
-        problems: list[str] = []
-        if absent:
-            problems.append(f"not in the checkpoint: {absent} (it holds {sorted(saved)})")
-        states: dict[str, Any] = {}
-        for name, obj in objects.items():
-            if name in absent:
-                continue
-            state = saved[name]
-            if isinstance(obj, nn.Module):
-                module = dist.unwrap(obj)
-                state = _strip_wrapper_prefixes(state, set(module.state_dict()))
-                missing, unexpected, shapes = _module_mismatch(module, state)
-                if missing or unexpected or shapes:
-                    problems.append(_describe_mismatch(name, module, state, missing, unexpected, shapes))
-                    if not strict:
-                        state = {k: v for k, v in state.items() if k not in set(shapes)}
-            states[name] = state
-        if problems:
-            text = "\n".join(problems)
-            if strict:
-                raise CheckpointError(
-                    f"cannot load {path}; nothing was changed:\n{text}\n"
-                    "Pass strict=False to load only what matches."
-                )
-            warnings.warn(f"loading {path} partially (strict=False):\n{text}", RuntimeWarning, stacklevel=2)
-        ordered = sorted(states, key=lambda n: not isinstance(objects[n], nn.Module))
-        for name in ordered:
-            obj = objects[name]
-            try:
-                if isinstance(obj, nn.Module):
-                    dist.unwrap(obj).load_state_dict(states[name], strict=strict)
-                elif isinstance(obj, torch.optim.Optimizer):
-                    _load_optimizer(obj, states[name])
-                else:
-                    obj.load_state_dict(states[name])
-            except Exception as exc:
-                raise CheckpointError(
-                    f"could not restore {name!r} ({type(obj).__name__}) from {path}: {exc}. "
-                    "Was the checkpoint written for a different setup (e.g. other optimizer parameter groups)?"
-                ) from exc
-        if restore_rng and "rng" in payload:
-            ranks = payload.get("rng_ranks")
-            same_world = ranks is not None and len(ranks) == dist.world_size()
-            set_rng_state(ranks[dist.rank()] if same_world else payload["rng"])
-        return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+        return restore.load(os.fspath(path), objects, strict=strict, restore_rng=restore_rng)
 
     @staticmethod
     def latest(dirname: str | os.PathLike[str], prefix: str | None = None) -> str | None:
         """The newest complete checkpoint in `dirname` by the iteration recorded inside it (not mtime), or None.
 
-        Corrupt or incomplete files are skipped with a warning naming them; temp files are ignored.
+        Corrupt or incomplete files (a record failing its checksum included) are skipped with a warning naming
+        them; temp files are ignored.
         """
-        found, _ = _complete_checkpoints(os.fspath(dirname), prefix)
-        return found[0] if found else None
+        paths, _ = _candidates(os.fspath(dirname), prefix)
+        for path in paths:
+            try:
+                _read(path)
+            except CorruptCheckpointError as exc:
+                warnings.warn(f"skipping checkpoint {path}: {exc}", RuntimeWarning, stacklevel=2)
+                continue
+            return path
+        return None
 
     @staticmethod
     def resume_latest(
         dirname: str | os.PathLike[str], objects: Mapping[str, Any], *, prefix: str | None = None, strict: bool = True
     ) -> str | None:
-        """Load the newest complete checkpoint of `dirname` into `objects`; its path, or None if there is none.
+        """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
 
-        A corrupt newest file is skipped (with a warning naming it) for the one before; when the folder holds
-        checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
+        A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
+        NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
+        folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
         """
         dirname = os.fspath(dirname)
-        paths, problems = _complete_checkpoints(dirname, prefix)
+        paths, problems = _candidates(dirname, prefix)
         for path in paths:
             try:
                 Checkpoint.load(path, objects, strict=strict)
             except CorruptCheckpointError as exc:
-                warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"skipping checkpoint {exc}; trying the previous checkpoint", RuntimeWarning,
+                              stacklevel=2)
                 problems.append(str(exc))
                 continue
             return path
@@ -718,28 +652,3 @@ class Checkpoint:
                 "from the beginning"
             )
         return None
-
-
-def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`objects` plus the GradScaler of an engine among them, under the name `attach` saved it as, if saved."""
-    extra: dict[str, Any] = {}
-    for obj in objects.values():
-        scaler = getattr(obj, "scaler", None) if isinstance(obj, Engine) else None
-        if isinstance(scaler, torch.amp.GradScaler) and not any(o is scaler for o in objects.values()):
-            name = "scaler" if "scaler" not in objects else "trainer_scaler"
-            if name in saved:
-                extra[name] = scaler
-    return {**objects, **extra} if extra else objects
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (on Windows, where signal 0 would kill it, always assumed so)."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True

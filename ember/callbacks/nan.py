@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -15,6 +16,14 @@ from ember.distributed import all_reduce_sum, world_size
 from ember.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
+_GUARDS: weakref.WeakKeyDictionary[Engine, list[TerminateOnNan]] = weakref.WeakKeyDictionary()
+
+
+def pending_non_finite(engine: Engine) -> bool:
+    """Make each TerminateOnNan attached to `engine` check the steps it has not looked at yet (one sync; a
+    collective under torchrun); True when one saw a non-finite value (it has then reported it and stopped the
+    run). Checkpoint calls it before saving, so that no save can hold what a later check would have flagged."""
+    return any([guard.check(engine) for guard in _GUARDS.get(engine, [])])
 
 
 def float_leaves(obj: Any) -> list[Any]:
@@ -30,6 +39,22 @@ def float_leaves(obj: Any) -> list[Any]:
     return []
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no tensor holds NaN or Inf, with one host sync per device: a tensor's sum is finite when all its
+    values are (a reduction far cheaper than `isfinite`'s mask); a sum that is not (NaN/Inf, or an overflow)
+    gets the exact check."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.detach())
+    for ts in by_device.values():
+        sums = torch.stack([t.sum().to(torch.float64) if not t.is_complex() else t.sum().abs().double() for t in ts])
+        if not bool(torch.isfinite(sums).all()):
+            bad = ~torch.isfinite(sums)
+            if any(not bool(torch.isfinite(t).all()) for t, b in zip(ts, bad.tolist()) if b):
+                return False
+    return True
+
+
 class TerminateOnNan:
     """Terminates the run at the first NaN or infinity in the output (the loss, or any tensor in it).
 
@@ -37,7 +62,9 @@ class TerminateOnNan:
     `check_every` steps, at the last step of each epoch (before any EPOCH_COMPLETED handler) and at
     EPOCH_COMPLETED/COMPLETED. The first bad step is reported by epoch and iteration, stored as
     `engine.state.terminated_on_nan = (epoch, iteration)` (None while all is well, so that a checkpoint
-    handler can refuse to save), printed to `file` (stderr by default) and logged; then the engine stops.
+    handler can refuse to save), printed once to `file` (stderr by default) and logged where logging is configured;
+    then the engine stops. A Checkpoint saving in between makes it check
+    first (`pending_non_finite`), so a save never holds a step the check would flag.
     Steps after the bad one but before the check still ran: a smaller `check_every` stops sooner. Under
     torchrun the ranks combine their flags at each check (one small all-reduce), so all stop on the same step.
     """
@@ -64,6 +91,7 @@ class TerminateOnNan:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
         engine.add_event_handler(Events.COMPLETED, self.check)
+        _GUARDS.setdefault(engine, []).append(self)
 
     def _started(self, engine: Engine) -> None:
         engine.state.terminated_on_nan = None  # type: ignore[attr-defined]
@@ -126,6 +154,7 @@ class TerminateOnNan:
             what += f" ({value})"
         self.message = f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}; training stopped."
         engine.state.terminated_on_nan = (epoch, iteration)  # type: ignore[attr-defined]
-        logger.error(self.message)
+        if logger.hasHandlers():  # with none, logging's last-resort handler would print it a second time
+            logger.error(self.message)
         print(self.message, file=self.file or sys.stderr)
         engine.terminate()

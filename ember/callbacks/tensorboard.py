@@ -73,7 +73,7 @@ class TensorBoardLogger:
         self.output_transform = output_transform
         self.writer: SummaryWriter | None = None
         if dist.is_main():
-            from torch.utils.tensorboard import SummaryWriter  # imported here: `import ember` stays light
+            from ember.callbacks._tb_writer import SummaryWriter  # imported here: `import ember` stays light
 
             self.writer = SummaryWriter(log_dir=self.logdir, flush_secs=flush_secs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import random
 import signal
@@ -54,10 +55,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed takes as a signed 64-bit number
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {text}")
     return value
 
 
@@ -81,13 +99,13 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--epochs", type=_positive_int, default=recipe.epochs, help="epochs to train")
     p.add_argument("--batch-size", type=_positive_int, default=recipe.batch_size, help="batch size per process")
     p.add_argument("--lr", type=_positive_float, default=recipe.lr, help="learning rate")
-    p.add_argument("--seed", type=int, default=recipe.seed, help="random seed (model init, shuffling)")
+    p.add_argument("--seed", type=_seed, default=recipe.seed, help="random seed (model init, shuffling)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (else $EMBER_DATA)")
     p.add_argument("--data-path", choices=["fast", "dataloader"], default="fast",
                    help="fast: whole dataset on the device, batched there; dataloader: the seed's DataLoader")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (dataloader path only)")
+    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers (dataloader path only)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bar (default: only when stdout is a terminal)")
     p.add_argument("--logdir", default=None, help="TensorBoard folder (default: runs/<recipe>/<timestamp>)")

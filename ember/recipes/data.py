@@ -20,12 +20,15 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 from torchvision import datasets
+
+from ember._files import pid_alive
 
 __all__ = [
     "CIFAR10_FILES",
@@ -48,6 +51,9 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 DOWNLOAD_TIMEOUT_S = 5.0
 _MANIFEST = ".ember-prepared.json"
+# `.<name>.<pid>.<random>.tmp`, `.<name>.<pid>.link`, or (earlier versions) `.<name>.<random>.tmp`
+_TEMP_RE = re.compile(r"^\.(?:.+?)\.(?:(?P<pid>\d+)\.(?:\w+\.tmp|link)|\w{8}\.tmp)$")
+STALE_TEMP_S = 600.0
 
 
 class DataNotFoundError(Exception):
@@ -121,6 +127,7 @@ def prepare_idx(class_name: str, files: dict[str, Path], cache: Path) -> Path:
     """
     raw = cache / class_name / "raw"
     manifest = raw / _MANIFEST
+    _remove_stale_temp_files(raw)
     wanted = {name: _stamp(src) for name, src in files.items()}
     with contextlib.suppress(OSError, ValueError):
         if json.loads(manifest.read_text()) == wanted and all((raw / name).is_file() for name in files):
@@ -141,9 +148,28 @@ def prepare_idx(class_name: str, files: dict[str, Path], cache: Path) -> Path:
     return cache
 
 
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Delete the temp files that preparations killed half-way (kill -9) left in `folder`: those of processes
+    that no longer run, and the pid-less ones of earlier versions once untouched for STALE_TEMP_S."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None:
+            continue
+        pid = match.group("pid")
+        with contextlib.suppress(OSError):
+            if pid is not None and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                os.unlink(entry.path)
+            elif pid is None and time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
+                os.unlink(entry.path)
+
+
 def _write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
-    """Write a file through a temporary sibling and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    """Write a file through a temporary sibling (named with this process's id) and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)

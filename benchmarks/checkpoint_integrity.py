@@ -1,0 +1,128 @@
+"""What checkpoint integrity costs: a save plus a load of the fashion-mnist-mlp checkpoint, now vs before.
+
+"before" is `ember/callbacks/checkpoint.py` as it was at a git revision (`--baseline`, default the commit before
+the integrity check), run in this same process; "now" is this tree's `Checkpoint`, which also checks every
+record's CRC-32, the structure, counters, RNG states and finiteness on load. Both save the recipe's objects
+(model, SGD optimizer, trainer) with the RNG states through `Checkpoint.save` (temp file, fsync, verified,
+renamed) into `--dir` and load them back with `Checkpoint.load`; interleaved repeats (the order alternates),
+medians with min..max. Run from the repository root:
+
+    .venv/bin/python benchmarks/checkpoint_integrity.py [--repeats 40] [--dir bench-ckpt] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from ember.callbacks import Checkpoint
+from ember.engine import create_trainer
+from ember.recipes.fashion_mnist_mlp import NeuralNetwork
+
+BASELINE = "8020d78"  # the last commit before checkpoint integrity checks
+
+
+def baseline_checkpoint(revision: str) -> type:
+    """The Checkpoint class of ember/callbacks/checkpoint.py at `revision`, as a module of its own."""
+    source = subprocess.run(["git", "show", f"{revision}:ember/callbacks/checkpoint.py"], capture_output=True,
+                            text=True, check=True).stdout
+    module = types.ModuleType("ember_checkpoint_baseline")
+    module.__file__ = f"<{revision}:ember/callbacks/checkpoint.py>"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module.Checkpoint
+
+
+def setup() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = NeuralNetwork()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss())
+    trainer.run([(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))], max_epochs=1)
+    trainer.state.epoch_length, trainer.state.max_epochs = 938, 10  # the recipe's counters, mid-run
+    return {"model": model, "optimizer": optimizer, "trainer": trainer}
+
+
+def one_round(ckpt: Any, objects: dict[str, Any], step: int) -> tuple[float, float]:
+    """Seconds for one save (at iteration `step`, replacing the previous file) and one load of that file."""
+    objects["trainer"].state.iteration = step
+    start = time.perf_counter()
+    path = ckpt.save(objects["trainer"])
+    saved = time.perf_counter()
+    type(ckpt).load(path, objects)
+    return saved - start, time.perf_counter() - saved
+
+
+def measure(repeats: int, folder: str, revision: str) -> dict[str, Any]:
+    impls = {"before": baseline_checkpoint(revision), "now": Checkpoint}
+    times: dict[str, dict[str, list[float]]] = {name: {"save": [], "load": [], "total": []} for name in impls}
+    objects = setup()
+    ckpts = {name: cls(objects, os.path.join(folder, name), keep_last=1) for name, cls in impls.items()}
+    for ckpt in ckpts.values():  # warm-up: page cache, allocator, lazy imports
+        one_round(ckpt, objects, 2)
+    for repeat in range(repeats):
+        order = list(impls) if repeat % 2 == 0 else list(reversed(impls))
+        for name in order:
+            save, load = one_round(ckpts[name], objects, repeat + 3)
+            for key, value in (("save", save), ("load", load), ("total", save + load)):
+                times[name][key].append(value * 1e3)
+    size = os.path.getsize(Checkpoint.latest(os.path.join(folder, "now")))
+    report: dict[str, Any] = {"repeats": repeats, "baseline": revision, "checkpoint_bytes": size,
+                              "folder": os.path.abspath(folder), "python": platform.python_version(),
+                              "torch": torch.__version__, "machine": platform.platform(), "ms": {}}
+    for name, parts in times.items():
+        report["ms"][name] = {key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                              for key, v in parts.items()}
+    before, now = report["ms"]["before"]["total"]["median"], report["ms"]["now"]["total"]["median"]
+    report["total_ratio"] = now / before
+    ratios = sorted(n / b for n, b in zip(times["now"]["total"], times["before"]["total"]))
+    report["paired_ratio_median"] = statistics.median(ratios)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"fashion-mnist-mlp checkpoint, {report['checkpoint_bytes']:,} bytes, {report['repeats']} interleaved "
+             f"repeats, in {report['folder']}", "",
+             "| code | save ms | load ms | save + load ms |", "|---|---|---|---|"]
+    for name, parts in report["ms"].items():
+        cells = [f"{p['median']:.2f} ({p['min']:.2f}..{p['max']:.2f})" for p in (parts[k] for k in
+                                                                                  ("save", "load", "total"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"now / before (save + load, medians): {report['total_ratio']:.3f}; median of the paired "
+                  f"ratios: {report['paired_ratio_median']:.3f}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=40, help="interleaved save + load rounds per version")
+    parser.add_argument("--dir", default="bench-ckpt", help="scratch folder for the files (removed at the end)")
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the code to compare with")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        report = measure(args.repeats, args.dir, args.baseline)
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""torch's SummaryWriter, with write errors that say what happened and where, and no stray thread traceback.
+
+TensorBoard writes event files from a background thread. When the disk fills up, that thread dies printing
+its traceback (mixed into the run's output), and the next write or flush in the main thread re-raises a bare
+`[Errno 28] No space left on device` that names no folder. Here the thread's OSError is left for the main
+thread to report (it re-raises it at its next write, flush or close), and every OSError of a writer method
+becomes one `LogWriteError` naming the log folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+from torch.utils.tensorboard import SummaryWriter as _TorchSummaryWriter
+
+from ember._files import disk_full
+
+
+class LogWriteError(OSError):
+    """TensorBoard logs could not be written; the message names the folder and says whether the disk is full."""
+
+
+def _describe(logdir: str, exc: OSError) -> str:
+    if disk_full(exc):
+        return (f"cannot write TensorBoard logs to {logdir}: the disk is full (No space left on device); the logs "
+                "written so far are kept. Free some space there, or log to a folder on another disk")
+    return f"cannot write TensorBoard logs to {logdir}: {exc.strerror or exc}"
+
+
+class SummaryWriter(_TorchSummaryWriter):
+    """`torch.utils.tensorboard.SummaryWriter` whose public methods raise LogWriteError for an OSError."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name.startswith("_") or not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except LogWriteError:
+                raise
+            except OSError as exc:
+                raise LogWriteError(_describe(str(object.__getattribute__(self, "log_dir")), exc)) from None
+
+        return call
+
+
+def _quiet_writer_threads(previous: Any) -> Any:
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.thread, _AsyncWriterThread) and issubclass(args.exc_type, OSError):
+            return  # the main thread re-raises it, as a LogWriteError naming the folder
+        previous(args)
+
+    hook.ember_quiet_writer_threads = True  # type: ignore[attr-defined]
+    return hook
+
+
+if not getattr(threading.excepthook, "ember_quiet_writer_threads", False):
+    threading.excepthook = _quiet_writer_threads(threading.excepthook)

@@ -1,0 +1,181 @@
+"""The checkpoint file: a `torch.save` zip container, checked record by record against its CRC-32 on every read.
+
+`torch.save` stores each record (the pickle, every tensor's bytes) uncompressed in a zip archive with the
+record's CRC-32; `torch.load` never looks at it. `verify` does, over a read-only memory map of the file, so a
+flipped bit in anything that `torch.load` would return is caught (at about a gigabyte per second, a small
+share of a save plus a load; benchmarks/checkpoint_integrity.py measures it).
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+import zlib
+from numbers import Real
+from typing import Any
+
+import torch
+
+FORMAT = "ember-checkpoint"
+FORMAT_VERSION = 1
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, as zipfile reads it
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be saved or loaded; the message names the file, the problem and what to do."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is damaged (empty, truncated, a record that fails its CRC-32) or holds what no run could resume
+    from (malformed structure, counters or RNG states, NaN/Inf weights); `resume_latest` falls back past it."""
+
+
+class RecordingFile(io.FileIO):
+    """An unbuffered file whose `write` writes everything it is given and keeps the OSError that stopped it:
+    `torch.save` turns a failed write into a vague "unexpected pos" error, and this keeps the cause (ENOSPC)."""
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += super().write(view[done:]) or 0
+        except OSError as exc:
+            self.error = exc
+            raise
+        return done
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _corrupt(path: str, size: int, detail: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"checkpoint file {path} ({size} bytes) is corrupt or incomplete: {detail}; nothing in it was executed "
+        "or loaded. Load an earlier checkpoint"
+    )
+
+
+def verify(path: str, size: int, *, only: str | None = None) -> None:
+    """Check every record of the zip container at `path` (or the records whose name ends with `only`)
+    against its CRC-32; CorruptCheckpointError names the first bad record."""
+    try:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            infos = [i for i in archive.infolist() if only is None or i.filename.endswith(only)]
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                for info in infos:
+                    _check_record(view, info)
+    except CorruptCheckpointError as exc:
+        raise _corrupt(path, size, str(exc)) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise _corrupt(path, size, f"not a complete file written by torch.save ({_first_line(exc).rstrip('.')})") \
+            from None
+
+
+def _check_record(view: memoryview, info: zipfile.ZipInfo) -> None:
+    header = bytes(view[info.header_offset : info.header_offset + _LOCAL_HEADER.size])
+    if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+        raise CorruptCheckpointError(f"the header of record {info.filename} is damaged")
+    fields = _LOCAL_HEADER.unpack(header)
+    name_len, extra_len = fields[-2], fields[-1]
+    start = info.header_offset + _LOCAL_HEADER.size
+    if bytes(view[start : start + name_len]).decode("utf-8", "replace") != info.filename:
+        raise CorruptCheckpointError(f"the name of record {info.filename} is damaged")
+    start += name_len + extra_len
+    if info.compress_type != zipfile.ZIP_STORED or start + info.file_size > len(view):
+        raise CorruptCheckpointError(f"record {info.filename} is damaged (its size or storage method)")
+    if zlib.crc32(view[start : start + info.file_size]) != info.CRC:
+        raise CorruptCheckpointError(
+            f"record {info.filename} fails its CRC-32 check (the file changed after it was written: bit rot, a "
+            "damaged copy or disk)"
+        )
+
+
+def read(path: str, *, peek: bool = False) -> dict[str, Any]:
+    """Verify and load an ember checkpoint with weights_only=True; `peek` checks only the pickle record and
+    memory-maps tensors, so that just the metadata is read."""
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"checkpoint file {path} does not exist; check the path "
+            "(Checkpoint.latest(dirname) finds the newest complete checkpoint in a folder)"
+        )
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; use Checkpoint.latest({path!r}) to pick one")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CorruptCheckpointError(
+            f"checkpoint file {path} is empty (0 bytes): it is corrupt or incomplete, probably left by a process "
+            "killed while writing; delete it and load an earlier checkpoint"
+        )
+    verify(path, size, only="data.pkl" if peek else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the weights_only unpickler warns about foreign pickle protocols
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=peek)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path} is not a plain checkpoint: it refers to {found.group(1)}, which could execute code when "
+                "unpickled. It was refused and NOT executed (torch.load weights_only=True). Only load it, outside "
+                "ember, if you trust where it came from"
+            ) from None
+        raise _corrupt(path, size, f"not a complete file written by torch.save ({_first_line(exc).rstrip('.')})") \
+            from None
+    except Exception as exc:
+        raise _corrupt(path, size, f"truncated, or not written by torch.save ({_first_line(exc).rstrip('.')})") \
+            from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        keys = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path} loads, but is not an ember checkpoint (it holds {keys}); for a bare state_dict use "
+            "model.load_state_dict(torch.load(path, weights_only=True))"
+        )
+    version = payload.get("version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}, newer than this ember reads ({FORMAT_VERSION}); "
+            "upgrade ember to load it"
+        )
+    problem = malformed(payload)
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint file {path} is malformed: {problem}. Load an earlier checkpoint")
+    return payload
+
+
+def is_count(value: Any) -> bool:
+    """An int >= 0 that is not a bool: what counters must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def malformed(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the structure of a loaded ember checkpoint, or None."""
+    objects = payload.get("objects")
+    if not isinstance(objects, dict):
+        return "it has no 'objects' dict of saved states" if objects is None else (
+            f"its 'objects' is a {type(objects).__name__}, not a dict of saved states")
+    if not all(isinstance(name, str) for name in objects):
+        return "its 'objects' has names that are not strings"
+    for key in ("step", "epoch"):
+        if not is_count(payload.get(key)):
+            return f"its {key!r} is {payload.get(key)!r}, not a count >= 0"
+    score = payload.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, Real)):
+        return f"its 'score' is {score!r}, not a number"
+    if "rng" in payload and not isinstance(payload["rng"], dict):
+        return f"its 'rng' is a {type(payload['rng']).__name__}, not a dict of generator states"
+    ranks = payload.get("rng_ranks")
+    if ranks is not None and not (isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)):
+        return "its 'rng_ranks' is not a list of generator states"
+    return None
