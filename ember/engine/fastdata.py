@@ -374,10 +374,19 @@ def make_loader(
         # Each iter() draws the workers' base seed from this generator: from the global one, a resumed run
         # (which starts a new iterator mid-epoch) would shift every later Dropout mask and random draw.
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_ignore_sigint if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Workers ignore Ctrl-C (sent to the whole process group) so the main process can stop gracefully."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: workers ignore the stop signals, so a signal sent to the whole process
+    group (Ctrl-C in a terminal, `scancel`, a closed ssh session) stops only the main process, which then
+    finishes its iteration and shuts its workers down itself. Workers that lose their parent exit anyway."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
