@@ -262,7 +262,7 @@ def fit(
     with stop:
         try:
             trainer.run(data, max_epochs=max_epochs)
-        except RuntimeError as exc:
+        except (RuntimeError, ConnectionError, EOFError) as exc:
             # Workers killed by the same signal: the last finished iteration was saved (save_on_exception).
             if stop.signum is None or not is_worker_death(exc):
                 raise
@@ -289,16 +289,15 @@ def fit(
 def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRecord, resume: bool,
             may_differ: Iterable[str], hint: str) -> str | None:
     """Load the newest good checkpoint of the run in `folder` when asked to; refuse to mix two runs."""
-    newest = Checkpoint.latest(folder) if os.path.isdir(folder) else None
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")] \
+        if os.path.isdir(folder) else []
+    newest = Checkpoint.latest(folder) if names else None
     saved = run_record(newest) if newest is not None else None
     if not resume:
-        if newest is not None:
+        if names:
             owner = f" (run {saved['run_id']})" if saved else ""
             raise RunError(f"{folder} holds the checkpoints of another run{owner}; a new run needs a folder of its "
                            f"own (or {hint} to continue that one)", setting="checkpoint_dir")
-        return None
-    if newest is None:
-        _say(f"No checkpoint in {folder}: starting from the beginning.")
         return None
     if saved is not None:
         bad = differing(saved["config"], record.config, may_differ)
@@ -308,7 +307,11 @@ def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRe
                            "keep its value or start a new run", setting=key)
         record.run_id = saved["run_id"]
         objects = {**objects, RUN_KEY: RunRecord(record.run_id)}
-    path = Checkpoint.resume_latest(folder, objects)
+    # With files but none good, resume_latest raises, listing each file's problem.
+    path = Checkpoint.resume_latest(folder, objects) if names else None
+    if path is None:
+        _say(f"No checkpoint in {folder}: starting from the beginning.")
+        return None
     s = trainer.state
     _say(f"Resumed from {path} at epoch {epoch_of(s)}, iteration {s.iteration}.")
     return path

@@ -10,7 +10,12 @@ from typing import Any
 
 from ember import distributed as dist
 from ember.engine import Engine, Events
-from ember.engine.fastdata import STOP_SIGNALS, ignore_stop_signals
+from ember.engine.fastdata import ignore_stop_signals
+
+# SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, name)
+)
 
 __all__ = ["STOP_SIGNALS", "GracefulStop", "ignore_stop_signals", "is_worker_death"]
 
@@ -23,9 +28,12 @@ def _ignore_signal(signum: int, frame: Any) -> None:
 
 
 def is_worker_death(exc: BaseException) -> bool:
-    """True for the error a DataLoader raises when its worker processes were killed (e.g. by the same signal)."""
+    """True for the errors a DataLoader raises when its worker processes were killed (e.g. by the same signal):
+    torch's "worker exited unexpectedly", or a pipe to a worker that died while sending a batch."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:
+        return True
+    return isinstance(exc, (ConnectionError, EOFError))
 
 
 def _say(line: str) -> None:
@@ -48,10 +56,11 @@ class GracefulStop:
     (checkpoints written so far are whole, as every save is atomic).
 
     A signal sent to the whole process group also reaches DataLoader workers. Loaders made by `make_loader`
-    start their workers with `ignore_stop_signals`; for other loaders torch's SIGCHLD check (which would raise
-    on the workers' deaths) is replaced by a no-op once a stop began, and `is_worker_death` recognises the
-    error a loader raises when it notices them. Under torchrun the ranks agree every `check_every` iterations
-    (one small all-reduce, not one per step) so that all stop on the same iteration.
+    start their workers with `ignore_stop_signals` (all but SIGTERM); once a stop began, torch's SIGCHLD check
+    (which would raise on the workers' deaths) is replaced by a no-op, and `is_worker_death` recognises the
+    error a loader raises when it was waiting for a batch from a worker that died (`ember.fit` then ends the
+    run as stopped: the last finished iteration was saved). Under torchrun the ranks agree every
+    `check_every` iterations (one small all-reduce, not one per step) so that all stop on the same iteration.
 
     Args:
         signals: the signals that stop the run (default SIGTERM, SIGINT, SIGHUP, SIGUSR1).

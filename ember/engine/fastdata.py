@@ -378,15 +378,15 @@ def make_loader(
     )
 
 
-# SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
-STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, name)
-)
+# Sent by a terminal or a scheduler to the whole process group. SIGTERM is left alone: torch's own shutdown
+# ends workers with it, and a worker that ignored it would hang the interpreter's exit.
+_WORKER_IGNORED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, n))
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn`: workers ignore the stop signals, so a signal sent to the whole process
-    group (Ctrl-C in a terminal, `scancel`, a closed ssh session) stops only the main process, which then
-    finishes its iteration and shuts its workers down itself. Workers that lose their parent exit anyway."""
-    for s in STOP_SIGNALS:
+    """A DataLoader `worker_init_fn`: workers ignore SIGINT, SIGHUP and SIGUSR1, so that Ctrl-C in a terminal, a
+    closed ssh session or SLURM's warning, sent to the whole process group, stops only the main process, which
+    then finishes its iteration and shuts its workers down itself. (A process-group SIGTERM still ends the
+    workers; `ember.fit` treats their deaths as part of that stop.)"""
+    for s in _WORKER_IGNORED:
         signal.signal(s, signal.SIG_IGN)

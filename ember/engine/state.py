@@ -21,6 +21,12 @@ class State:
     seed: int | None = None
     times: dict[str, float] = field(default_factory=lambda: {"EPOCH_COMPLETED": 0.0, "COMPLETED": 0.0})
 
+    def __repr__(self) -> str:
+        """Counters and plain values; the batch, output, data and metrics by type only (not whole tensors)."""
+        plain = (int, float, str, bool, type(None))
+        fields = (f"{k}={v!r}" if isinstance(v, plain) else f"{k}=<{type(v).__name__}>" for k, v in vars(self).items())
+        return f"State({', '.join(fields)})"
+
     def is_done(self) -> bool:
         """True when the run has reached `max_epochs` (by epoch count or by iterations)."""
         if self.max_epochs is None:
