@@ -15,17 +15,21 @@ from ember.engine import (
     supervised_training_step_apex,
     supervised_training_step_tpu,
 )
+from ember.run import RunError, RunResult, fit
 
 __all__ = [
     "DeterministicEngine",
     "Engine",
     "EventEnum",
     "Events",
+    "RunError",
+    "RunResult",
     "State",
     "create_evaluator",
     "create_supervised_evaluator",
     "create_supervised_trainer",
     "create_trainer",
+    "fit",
     "supervised_training_step",
     "supervised_training_step_amp",
     "supervised_training_step_apex",

@@ -94,7 +94,7 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(setting, tmp_path):
     newest.write_bytes(setting["good"][:1000])
     with pytest.warns(RuntimeWarning, match=f"skipping checkpoint {newest}"):
         code, out, err = run_cli(lenet(setting["root"], folder, "--resume"))
-    assert code == 0 and f"Resumed from {folder / NAME} at epoch 0, iteration 4" in out, out + err
+    assert code == 0 and f"Resumed from {folder / NAME} at epoch 1, iteration 4" in out, out + err
     # the corrupt file counted as the oldest of --keep-last 2, so it went first
     assert sorted(os.listdir(folder)) == [NAME, "checkpoint_000000006.pt"]
     assert load_payload(Checkpoint.latest(folder))["step"] == 6

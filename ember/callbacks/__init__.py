@@ -3,6 +3,7 @@
 from ember.callbacks.checkpoint import Checkpoint, CheckpointError, CorruptCheckpointError
 from ember.callbacks.early_stopping import EarlyStopping
 from ember.callbacks.evaluate import SEED000_EVAL_FMT, EvalEvents, Evaluate
+from ember.callbacks.graceful_stop import GracefulStop
 from ember.callbacks.loss_printer import SEED000_FMT, SEED001_FMT, LossPrinter
 from ember.callbacks.lr_scheduler import LRScheduler
 from ember.callbacks.nan import TerminateOnNan
@@ -21,6 +22,7 @@ __all__ = [
     "EarlyStopping",
     "EvalEvents",
     "Evaluate",
+    "GracefulStop",
     "LRScheduler",
     "LossPrinter",
     "ProgressBar",

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ember import distributed as dist
+from ember.callbacks.loss_printer import batch_size_of
 from ember.engine import Engine, Events, exception_observer
 
 
@@ -25,6 +26,31 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, np.ndarray) and value.size == 1:
         return float(value.item())
     return None
+
+
+class _AboveTheBar:
+    """A stand-in for sys.stdout/sys.stderr while a bar is open: each whole line is written above the bar.
+
+    The bar is cleared, the line written and flushed, and the bar drawn again below it, so a printed line is
+    never glued to the bar nor followed by a stale copy of it. Partial lines wait for their newline."""
+
+    def __init__(self, stream: Any, owner: ProgressBar) -> None:
+        self._stream = stream
+        self._owner = owner
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            lines, self._pending = self._pending.rsplit("\n", 1)
+            self._owner._print_above(self._stream, lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _isatty(stream: Any) -> bool:
@@ -70,8 +96,11 @@ class ProgressBar:
         self.mininterval = mininterval
         self.tqdm_kwargs = tqdm_kwargs
         self.bar: tqdm | None = None
+        self._engine: Engine | None = None
+        self._redirected: tuple[Any, Any] = (None, None)
         self._epoch_start = 0
-        self._last_refresh = 0.0
+        self._last_refresh = self._opened_at = 0.0
+        self._opened_iteration = 0
 
     def _is_enabled(self, stream: Any) -> bool:
         if self.enabled is not None:
@@ -84,6 +113,7 @@ class ProgressBar:
         if not self._is_enabled(stream) or not dist.is_main():
             return
         self._stream = stream
+        self._engine = engine
         if self.per == "epoch":
             engine.add_event_handler(Events.EPOCH_STARTED, self._open_epoch_bar)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish_epoch_bar)
@@ -97,8 +127,28 @@ class ProgressBar:
     def _new_bar(self, total: int | None, initial: int, desc: str, unit: str) -> tqdm:
         self.close()
         kwargs = {"mininterval": self.mininterval, "unit": unit, **self.tqdm_kwargs}
-        self._last_refresh = time.monotonic()
-        return tqdm(total=total, initial=initial, desc=desc, file=self._stream, **kwargs)
+        self._last_refresh = self._opened_at = time.monotonic()
+        self._opened_iteration = self._engine.state.iteration if self._engine is not None else 0
+        bar = tqdm(total=total, initial=initial, desc=desc, file=self._stream, **kwargs)
+        self._redirected = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _AboveTheBar(sys.stdout, self), _AboveTheBar(sys.stderr, self)
+        return bar
+
+    def _print_above(self, stream: Any, lines: str) -> None:
+        """Write `lines` above the bar; an epoch's bar whose last iteration is done is completed first."""
+        bar = self.bar
+        engine = self._engine
+        if bar is not None and self.per == "epoch" and engine is not None:
+            s = engine.state
+            if s.epoch_length and s.iteration - self._epoch_start >= s.epoch_length:
+                self._finish_epoch_bar(engine)  # e.g. an evaluation printing at EPOCH_COMPLETED
+                bar = None
+        if bar is not None:
+            bar.clear()
+        stream.write(lines)
+        stream.flush()
+        if bar is not None and self.bar is bar:
+            bar.refresh()
 
     def _open_epoch_bar(self, engine: Engine) -> None:
         s = engine.state
@@ -116,10 +166,19 @@ class ProgressBar:
         self.bar = self._new_bar(s.max_epochs, s.epoch, self.desc if self.desc is not None else "Epochs", "epoch")
 
     def _set_loss(self, engine: Engine) -> None:
+        bar = self.bar
+        if bar is None:
+            return
         output = engine.state.output
         loss = as_float(self.output_transform(output) if self.output_transform is not None else output)
-        if loss is not None and self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        postfix = {} if loss is None else {"loss": f"{loss:.4f}"}
+        size = batch_size_of(engine.state.batch)
+        elapsed = time.monotonic() - self._opened_at
+        if size and elapsed > 0 and engine.state.iteration > self._opened_iteration:
+            rate = (engine.state.iteration - self._opened_iteration) * size * dist.world_size() / elapsed
+            postfix["samples/s"] = tqdm.format_sizeof(rate)
+        if postfix:
+            bar.set_postfix(postfix, refresh=False)
 
     def _refresh(self, engine: Engine) -> None:
         bar = self.bar
@@ -160,5 +219,7 @@ class ProgressBar:
     def close(self) -> None:
         """Draw the bar's final state and close it; calling it again is harmless."""
         if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+            bar, self.bar = self.bar, None
+            bar.close()
+            if isinstance(sys.stdout, _AboveTheBar) and sys.stdout._owner is self:
+                sys.stdout, sys.stderr = self._redirected

@@ -374,10 +374,19 @@ def make_loader(
         # Each iter() draws the workers' base seed from this generator: from the global one, a resumed run
         # (which starts a new iterator mid-epoch) would shift every later Dropout mask and random draw.
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_ignore_sigint if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Workers ignore Ctrl-C (sent to the whole process group) so the main process can stop gracefully."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# Sent by a terminal or a scheduler to the whole process group. SIGTERM is left alone: torch's own shutdown
+# ends workers with it, and a worker that ignored it would hang the interpreter's exit.
+_WORKER_IGNORED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, n))
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: workers ignore SIGINT, SIGHUP and SIGUSR1, so that Ctrl-C in a terminal, a
+    closed ssh session or SLURM's warning, sent to the whole process group, stops only the main process, which
+    then finishes its iteration and shuts its workers down itself. (A process-group SIGTERM still ends the
+    workers; `ember.fit` treats their deaths as part of that stop.)"""
+    for s in _WORKER_IGNORED:
+        signal.signal(s, signal.SIG_IGN)

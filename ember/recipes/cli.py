@@ -1,4 +1,8 @@
-"""The `ember` command line: `ember list` and `ember train NAME [flags]`."""
+"""The `ember` command line: `ember list [RECIPE...]`, `ember train RECIPE [flags]` and `ember --version`.
+
+RECIPE is a name from `ember list`, a file `path/to/recipe.py[:NAME]` or a module `package.module:NAME`;
+the flags may come before or after it.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +12,80 @@ import sys
 import traceback
 import warnings
 
-from ember.recipes import RECIPES
+import ember
+from ember.recipes import RECIPES, all_recipes, find_recipe, looks_like_spec
+from ember.recipes.common import RecipeError
+
+# What the library says in Python terms, said in the command line's flags.
+_IN_FLAGS = (
+    ("under torchrun leave cuda_graph=False", "drop --cuda-graph under torchrun"),
+    ("train with cuda_graph=False", "train without --cuda-graph"),
+    ("or leave cuda_graph=False", "or drop --cuda-graph"),
+    ("pass device='cuda' with the model on the GPU", "pass --device cuda"),
+    ("cuda_graph=True", "--cuda-graph"),
+    ("use amp='bf16'", "use --amp bf16"),
+    ("use compile=True or compile='max-autotune-no-cudagraphs'",
+     "use --compile or --compile max-autotune-no-cudagraphs"),
+    ("Pass strict=False to load only what matches.",
+     "Was it written by another recipe or model? Resume a run of this recipe (--resume RUN), or start a new run "
+     "without --resume."),
+)
 
 
-def _list() -> int:
-    width = max(len(n) for n in RECIPES)
+def _list(specs: list[str]) -> int:
+    recipes = all_recipes(*specs)
+    width = max(len(n) for n in recipes)
     print(f"{'recipe':<{width}}  seed  dataset        what it trains")
-    for name, r in RECIPES.items():
+    for name, r in recipes.items():
         print(f"{name:<{width}}  {r.seed_file:<4}  {r.dataset:<13}  {r.summary}")
     return 0
+
+
+def in_flags(text: str) -> str:
+    """`text` with the library's Python-level advice replaced by the command line's flags."""
+    for python, flags in _IN_FLAGS:
+        text = text.replace(python, flags)
+    return text
 
 
 def _error_line(exc: BaseException) -> str:
     notes = "; ".join(getattr(exc, "__notes__", []))
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"ember: error: {text}" + (f" ({notes})" if notes else "")
+    return in_flags(f"ember: error: {text}" + (f" ({notes})" if notes else ""))
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
-    return "ember: warning: " + " ".join(str(message).split()) + "\n"
+    return in_flags("ember: warning: " + " ".join(str(message).split())) + "\n"
 
 
-def _train(name: str, argv: list[str]) -> int:
+def split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe named in `ember train`'s arguments and the flags around it (before or after it).
+
+    The recipe is the first word that is a known name or a file/module spec; failing that, the first word
+    that does not follow a flag (so `--epochs 1 NAME` never takes 1 for the name)."""
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    known = [i for i in words if argv[i] in RECIPES or looks_like_spec(argv[i])]
+    loose = [i for i in words if i == 0 or not argv[i - 1].startswith("-") or "=" in argv[i - 1]]
+    pick = (known or loose or words or [None])[0]
+    if pick is None:
+        return None, argv
+    return argv[pick], argv[:pick] + argv[pick + 1 :]
+
+
+def _train(spec: str, argv: list[str]) -> int:
     from ember import distributed as dist
     from ember.callbacks.checkpoint import CheckpointError
-    from ember.recipes.common import RecipeError, RunContext, build_parser
+    from ember.recipes.common import RunContext, parse_flags
     from ember.recipes.data import DataNotFoundError
 
-    recipe = RECIPES[name]
-    args = build_parser(recipe).parse_args(argv)
+    try:
+        recipe = find_recipe(spec)
+    except RecipeError as exc:
+        print(_error_line(exc), file=sys.stderr)
+        return 2
     warnings.formatwarning = _warning_line
     try:
+        args = parse_flags(recipe, argv)
         return recipe.train(args, RunContext(recipe, args))
     except DataNotFoundError as exc:
         print(_error_line(exc), file=sys.stderr)
@@ -47,7 +94,7 @@ def _train(name: str, argv: list[str]) -> int:
         print(_error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ember: aborted by a second interrupt", file=sys.stderr)
+        print("ember: aborted by an interrupt", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("EMBER_DEBUG"):
@@ -61,25 +108,34 @@ def _train(name: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ember` console script and of `python -m ember`."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="ember", description="Train the ember recipes.")
+    parser = argparse.ArgumentParser(prog="ember", description="Train the ember recipes, or your own.")
+    parser.add_argument("--version", action="version", version=f"ember {ember.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{list,train}")
-    sub.add_parser("list", help="show the recipes with their seed and dataset")
-    train = sub.add_parser("train", help="train a recipe: ember train NAME [flags]; NAME --help lists its flags",
-                           add_help=False)
-    train.add_argument("name", choices=list(RECIPES), metavar="NAME", nargs="?")
-    train.add_argument("-h", "--help", action="store_true")
+    listing = sub.add_parser("list", help="show the recipes (ember's, installed ones, and any RECIPE given)")
+    listing.add_argument("specs", nargs="*", metavar="RECIPE", help="also list these files/modules")
+    sub.add_parser("train", help="train a recipe: ember train RECIPE [flags]; RECIPE --help lists its flags",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "list":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return _list()
-    if args.name is None:
-        if args.help:
-            train.print_help()
-            print("\nrecipes: " + ", ".join(RECIPES))
+        try:
+            return _list(args.specs)
+        except RecipeError as exc:
+            print(_error_line(exc), file=sys.stderr)
+            return 2
+    name, flags = split_recipe(rest)
+    if name is None:
+        if "-h" in flags or "--help" in flags:
+            print("usage: ember train RECIPE [flags]  (flags before or after RECIPE)\n\n"
+                  "RECIPE: a name from `ember list`, a file path/to/recipe.py[:NAME], or a module "
+                  "package.module:NAME\nrecipes: " + ", ".join(all_recipes()))
             return 0
-        parser.error(f"train needs a recipe NAME, one of: {', '.join(RECIPES)}")
-    return _train(args.name, rest + (["--help"] if args.help else []))
+        parser.error(f"train needs a recipe NAME, one of: {', '.join(all_recipes())}")
+    if name not in RECIPES and not looks_like_spec(name) and name not in all_recipes():
+        parser.error(f"argument NAME: invalid choice: {name!r} (choose from {', '.join(all_recipes())}, "
+                     "or give path/to/recipe.py or package.module:NAME)")
+    return _train(name, flags)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,6 @@ import contextlib
 import math
 import os
 import random
-import signal
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +17,11 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks import Checkpoint, ProgressBar, TensorBoardLogger, TerminateOnNan
-from ember.engine import Engine, Events, create_evaluator, create_trainer
+from ember.callbacks.graceful_stop import GracefulStop
+from ember.engine import Engine, create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader
 from ember.recipes.data import load_dataset
+from ember.run import MAY_DIFFER, RunError, fit, latest_run_dir, make_run_dir, saved_run
 
 
 class RecipeError(Exception):
@@ -108,19 +106,26 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers (dataloader path only)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bar (default: only when stdout is a terminal)")
-    p.add_argument("--logdir", default=None, help="TensorBoard folder (default: runs/<recipe>/<timestamp>)")
+    p.add_argument("--logdir", default=None,
+                   help="TensorBoard folder (default: runs/<recipe>/<run-id>, paired with the checkpoint folder)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="do not log to TensorBoard")
-    p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: checkpoints/<recipe>)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="the run's checkpoint folder (default: checkpoints/<recipe>/<run-id>, a new one per run)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="ITERS",
                    help="also checkpoint every ITERS iterations (default: at the end of each epoch)")
     p.add_argument("--keep-last", type=_positive_int, default=2, help="checkpoints to keep")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the newest run of this recipe (or the run in folder RUN, or in --checkpoint-dir) "
+                        "with its flags; a flag given again must match, except --epochs and others that only say "
+                        "how long, where or how visibly it runs")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the model (optionally with a mode, e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the whole training step as one CUDA graph (CUDA only; static batch shapes)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CNNs)")
-    p.add_argument("--max-iterations", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-iterations", type=_positive_int, default=None, metavar="N",
+                   help="stop after iteration N (counted over the whole run), with a checkpoint; e.g. to try a set-up")
+    p.set_defaults(run_id=None)
     if recipe.add_arguments is not None:
         recipe.add_arguments(p)
     return p
@@ -153,8 +158,12 @@ class RunContext:
         dist.init(backend="gloo" if args.device == "cpu" else None)
         dist.silence_non_main()
         self.device = select_device(args.device)
+        if args.cuda_graph and self.device.type != "cuda":
+            raise RecipeError(f"--cuda-graph captures the step on a CUDA GPU, but this run trains on "
+                              f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
+        if args.cuda_graph and dist.world_size() > 1:
+            raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
         seed_everything(args.seed)
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def dataset(self, train: bool, name: str | None = None) -> Any:
         """The recipe's dataset (or `name`), found as the data flags say."""
@@ -205,60 +214,35 @@ class RunContext:
 
     def fit(self, trainer: Engine, loader: Any, objects: dict[str, Any], *, progress: str = "epoch",
             output_transform: Callable[[Any], Any] | None = None) -> int:
-        """Run the trainer with TensorBoard, checkpoints, --resume and graceful stop; return the exit status.
+        """`ember.fit` with the command line's flags; returns the exit status.
 
         `progress` is the bar's span ("epoch" or "run"); `output_transform` picks the loss out of the trainer's
         output for TensorBoard and the bar when the output is more than the loss tensor.
         """
-        args, name = self.args, self.recipe.name
-        objects = {**objects, "trainer": trainer}
+        args = self.args
         trainer.state.seed = args.seed
-        ckpt_dir = args.checkpoint_dir or os.path.join("checkpoints", name)
-        resumed = self._resume(trainer, ckpt_dir, objects) if args.resume else False
-        if resumed and trainer.state.epoch_length not in (None, len(loader)):
-            raise RecipeError(
-                f"the checkpoint in {ckpt_dir} has {trainer.state.epoch_length} iterations per epoch but this run has "
-                f"{len(loader)}: resume with the same --batch-size per process and the same number of processes"
-            )
-        if resumed and trainer.state.max_epochs is not None and Engine._is_done(trainer.state):
-            if args.epochs <= trainer.state.max_epochs:
-                print(f"Nothing to do: the run in {ckpt_dir} already finished {trainer.state.max_epochs} epochs.")
-                return 0
-        nan_guard = trainer.add(TerminateOnNan())
-        trainer.add(Checkpoint(objects, ckpt_dir, every_epochs=1, every_iterations=args.checkpoint_every,
-                               keep_last=args.keep_last, save_on_exception=True))
-        if args.tensorboard:
-            logdir = args.logdir or os.path.join("runs", name, self.stamp)
-            try:
-                trainer.add(TensorBoardLogger(logdir, hparams=self._hparams(), output_transform=output_transform))
-            except OSError as exc:
-                raise RecipeError(f"cannot write TensorBoard logs to {logdir}: {exc.strerror or exc}; pass --logdir "
-                                  "with a folder that can be created and written, or --no-tensorboard") from None
-        trainer.add(ProgressBar(per=progress, enabled=args.progress, output_transform=output_transform))
         if dist.world_size() > 1:
             print(f"Distributed: {dist.world_size()} processes, global batch {args.batch_size * dist.world_size()}")
-        if args.max_iterations is not None:
-            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=args.max_iterations), lambda e: e.terminate())
-        with graceful_stop(trainer) as stop:
-            trainer.run(loader, max_epochs=args.epochs)
-        if stop.signum is not None:
-            print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {trainer.state.epoch}, iteration "
-                  f"{trainer.state.iteration}; checkpoint saved in {ckpt_dir} (continue with --resume).")
-            return 128 + stop.signum
-        if getattr(nan_guard, "stopped_at", None) is not None or getattr(trainer.state, "terminated_on_nan", None):
-            return 1
-        return 0
+        try:
+            result = fit(
+                trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
+                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
+                checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                tensorboard=args.logdir if args.tensorboard else None, hparams=self._hparams(),
+                progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
+                output_transform=output_transform, resume_hint="--resume",
+            )
+        except RunError as exc:
+            if exc.setting == "tensorboard":
+                raise RecipeError(f"{exc}; pass --logdir with a folder that can be created and written, or "
+                                  "--no-tensorboard") from None
+            raise RecipeError(str(exc)) from None
+        return result.exit_status
 
-    def _resume(self, trainer: Engine, ckpt_dir: str, objects: dict[str, Any]) -> bool:
-        path = Checkpoint.resume_latest(ckpt_dir, objects) if os.path.isdir(ckpt_dir) else None
-        if path is None:
-            print(f"No checkpoint in {ckpt_dir}: starting from the beginning.")
-            return False
-        if trainer.state.seed is not None and trainer.state.seed != self.args.seed:
-            raise RecipeError(f"{path} was trained with --seed {trainer.state.seed}; pass --seed "
-                              f"{trainer.state.seed} to resume it, or use another --checkpoint-dir")
-        print(f"Resumed from {path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}.")
-        return True
+    def config(self) -> dict[str, Any]:
+        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints."""
+        skip = {"resume", "run_id"}
+        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip}}
 
     def _hparams(self) -> dict[str, Any]:
         a = self.args
@@ -266,60 +250,96 @@ class RunContext:
                 "seed": a.seed, "amp": a.amp or "none", "data_path": a.data_path}
 
 
-STOP_CHECK_EVERY = 20  # iterations between the ranks' collective "was anyone signalled?" check
-
-
-class _Stop:
-    signum: int | None = None
-
-
-def _ignore_signal(signum: int, frame: Any) -> None:
-    """A Python-level no-op handler (SIG_IGN would make a pending SIGCHLD print a race-condition warning)."""
-
-
 @contextlib.contextmanager
-def graceful_stop(trainer: Engine) -> Iterator[_Stop]:
-    """SIGTERM/SIGINT finish the current iteration and let COMPLETED handlers checkpoint and close logs;
-    a second SIGINT aborts at once.
-
-    A stop signal sent to the whole process group (scancel, a preempting scheduler) also kills the DataLoader's
-    workers; from then on, to the end of the process, torch's SIGCHLD handler (which would raise on their deaths,
-    even at exit) is replaced by a no-op, and the run fetches no further batch (outside torchrun, whose ranks
-    fetch until they agree to stop). DataLoaders still notice dead workers by themselves, within seconds.
-
-    The engine clears `state.output` after fetching a batch and sets it when the step returns. A signal that
-    lands before the step's end (in an ITERATION_STARTED handler, or in the step) only takes effect at
-    ITERATION_COMPLETED: terminating earlier would checkpoint the new iteration count with the old weights."""
-    stop = _Stop()
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.signum = signum
-        signal.signal(signal.SIGCHLD, _ignore_signal)
-        print(f"\n{signal.Signals(signum).name} received: finishing the current iteration and saving a checkpoint "
-              "(Ctrl-C again to abort now)", file=sys.stderr)
-        if trainer.state.output is not None and not distributed:
-            trainer.terminate()
-
-    def stop_if_asked(engine: Engine) -> None:
-        if stop.signum is not None:
-            engine.terminate()
-
-    def agree_to_stop(engine: Engine) -> None:
-        if dist.all_reduce_sum(int(stop.signum is not None)) > 0:
-            engine.terminate()
-
-    # Under torchrun all ranks must stop on the same iteration, or the next collective call hangs.
-    distributed = dist.world_size() > 1
-    event = Events.ITERATION_COMPLETED(every=STOP_CHECK_EVERY) if distributed else Events.ITERATION_COMPLETED
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    deferred = trainer.add_event_handler(event, agree_to_stop if distributed else stop_if_asked)
-    for s in previous:
-        signal.signal(s, handler)
-    try:
+def graceful_stop(trainer: Engine) -> Iterator[GracefulStop]:
+    """`GracefulStop` attached to `trainer` and installed for the block (kept for scripts that used it)."""
+    stop = GracefulStop()
+    trainer.add(stop)
+    with stop:
         yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        deferred.remove()
+
+
+_UNSET = object()
+# Flags a resumed run does not take from its checkpoints: they describe this invocation, not the run.
+_NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "max_iterations", "device"})
+
+
+def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
+    """The recipe's flags from `argv`, with the run's folders resolved and, on --resume, the run's own flags.
+
+    A fresh run gets a new checkpoint folder `checkpoints/<recipe>/<run-id>` and the TensorBoard folder
+    `runs/<recipe>/<run-id>`. `--resume` finds the run (its folder, --checkpoint-dir, or the newest run of
+    the recipe), takes every flag not given on the command line from its checkpoints, applies a differing
+    flag given again where that is honest (`MAY_DIFFER`: more --epochs, another --device...) and refuses any
+    other in one line naming the flag and both values, before anything is built or trained.
+    """
+    parser = build_parser(recipe)
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**{a.dest: _UNSET for a in parser._actions}))
+    explicit = {k for k, v in vars(given).items() if v is not _UNSET}
+    args = parser.parse_args(argv)
+    root = os.path.join("checkpoints", recipe.name)
+    if args.resume:
+        _adopt_saved_flags(recipe, parser, args, explicit, root)
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir, args.run_id = make_run_dir(root) if dist.is_main() else (None, None)
+        args.checkpoint_dir, args.run_id = dist.broadcast_object((args.checkpoint_dir, args.run_id))
+    if args.run_id is None:
+        args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
+    if args.logdir is None:
+        args.logdir = os.path.join("runs", recipe.name, args.run_id)
+    return args
+
+
+def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The command-line flag that sets `dest` (`--batch-size` for batch_size)."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return max(action.option_strings, key=len)
+    return f"--{dest.replace('_', '-')}"
+
+
+def _shown(flag: str, value: Any) -> str:
+    if value is None or value is False:
+        return f"no {flag}"
+    return flag if value is True else f"{flag} {value}"
+
+
+def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       explicit: set[str], root: str) -> None:
+    if isinstance(args.resume, str):
+        folder = os.path.dirname(args.resume) if os.path.isfile(args.resume) else args.resume
+        if args.checkpoint_dir is not None and os.path.abspath(args.checkpoint_dir) != os.path.abspath(folder):
+            raise RecipeError(f"--resume {args.resume} and --checkpoint-dir {args.checkpoint_dir} name two runs; "
+                              "give one of them")
+        if not os.path.isdir(folder):
+            raise RecipeError(f"--resume {args.resume}: no such run folder; pass a folder under {root}, or --resume "
+                              "alone for the newest run of this recipe")
+        args.checkpoint_dir = folder
+    elif args.checkpoint_dir is None:
+        args.checkpoint_dir = latest_run_dir(root)
+        if args.checkpoint_dir is None:
+            print(f"No earlier run of {recipe.name} in {root}: starting a new run.")
+            return
+    saved = saved_run(args.checkpoint_dir)
+    if saved is None:
+        return
+    config = saved["config"]
+    if config.get("recipe", recipe.name) != recipe.name:
+        raise RecipeError(f"--resume: {args.checkpoint_dir} holds a run of {config['recipe']}, not of {recipe.name}; "
+                          f"resume it with `ember train {config['recipe']} --resume {args.checkpoint_dir}`")
+    current = vars(args)
+    for key, old in config.items():
+        if key not in current or key in _NOT_ADOPTED:
+            continue
+        if key not in explicit:
+            current[key] = old
+        elif key not in MAY_DIFFER and _plain_value(current[key]) != old:
+            flag = flag_of(parser, key)
+            raise RecipeError(f"{_shown(flag, current[key])} differs from the run being resumed "
+                              f"({args.checkpoint_dir}), which has {_shown(flag, old)}; drop {flag} to keep the "
+                              "run's value, or start a new run without --resume")
+    args.run_id = saved["run_id"]
+
+
+def _plain_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -14,6 +14,7 @@ from torch import nn
 from ember.callbacks import SEED000_EVAL_FMT, Evaluate, LossPrinter
 from ember.engine import Events
 from ember.recipes.common import Recipe, RunContext
+from ember.run import finished
 
 
 class NeuralNetwork(nn.Module):
@@ -45,7 +46,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
     trainer.on(Events.EPOCH_STARTED)(lambda e: print(f"Epoch {e.state.epoch}\n-------------------------------"))
     trainer.add(LossPrinter(every=100))
     trainer.add(Evaluate(run.evaluator(model, loss_fn), test_dataloader, fmt=SEED000_EVAL_FMT))
-    trainer.on(Events.COMPLETED)(lambda: print("Done!"))
+    trainer.on(Events.COMPLETED)(lambda e: finished(e.state) and print("Done!"))  # not after a stop
     return run.fit(trainer, train_dataloader, {"model": model, "optimizer": optimizer})
 
 

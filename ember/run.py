@@ -1,0 +1,317 @@
+"""`ember.fit`: what a serious run wants around a trainer, in one call that a plain script can make.
+
+Checkpoints in a folder of the run's own, exact resume of *this* run, a NaN guard, TensorBoard, a progress bar
+and a graceful stop on SIGTERM/SIGINT/SIGHUP/SIGUSR1. `ember train` is a user of it (`RunContext.fit`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ember import distributed as dist
+from ember.callbacks import Checkpoint, ProgressBar, TensorBoardLogger, TerminateOnNan
+from ember.callbacks.graceful_stop import GracefulStop, is_worker_death
+from ember.engine import Engine, Events
+
+RUN_KEY = "run"  # the entry of the saved objects that holds the run's identity and configuration
+# Settings a resumed run may change honestly: how long it goes on, where and how fast it runs, what it shows.
+MAY_DIFFER = frozenset({
+    "max_epochs", "epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard", "checkpoint_every",
+    "keep_last", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile", "cuda_graph",
+    "channels_last",
+})  # fmt: skip
+
+
+class RunError(Exception):
+    """A run cannot start as asked (another run's folder, a setting that differs on resume); nothing was changed.
+
+    `setting` names what is wrong ("tensorboard", "checkpoint_dir", or the differing config key), so that a
+    command line can say which of its flags to change."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class RunRecord:
+    """The run's identity and configuration, saved in each of its checkpoints as the object `"run"`."""
+
+    def __init__(self, run_id: str, config: Mapping[str, Any] | None = None) -> None:
+        self.run_id = run_id
+        self.config = dict(config or {})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run id and its configuration (plain values only, so the file loads with weights_only=True)."""
+        return {"run_id": self.run_id, "config": _plain(self.config)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the saved run id and configuration."""
+        self.run_id = state["run_id"]
+        self.config = dict(state["config"])
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    safe = (bool, int, float, str, type(None))
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, safe):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return str(value)
+
+    return {str(k): plain(v) for k, v in config.items()}
+
+
+@dataclass
+class RunResult:
+    """How `fit` ended: the process exit status to use, why it stopped, and where its files are."""
+
+    exit_status: int
+    finished: bool
+    stop_reason: str | None
+    run_id: str
+    checkpoint_dir: str | None
+    logdir: str | None
+    resumed_from: str | None
+
+
+def new_run_id() -> str:
+    """A run id from the local time (`20261203-081502`), unique within a folder by `make_run_dir`."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def make_run_dir(root: str | os.PathLike[str], run_id: str | None = None) -> tuple[str, str]:
+    """Create a new, empty run folder under `root` (`root/<run-id>`, `-2`, `-3`... when taken); (folder, id)."""
+    root = os.fspath(root)
+    os.makedirs(root, exist_ok=True)
+    base = run_id or new_run_id()
+    for n in range(1, 1000):
+        rid = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(os.path.join(root, rid))  # exclusive: two runs started in the same second get two folders
+        except FileExistsError:
+            continue
+        return os.path.join(root, rid), rid
+    raise RunError(f"cannot create a new run folder under {root}: {base} to {base}-999 all exist")
+
+
+def latest_run_dir(root: str | os.PathLike[str]) -> str | None:
+    """The run folder under `root` holding the newest checkpoint (by file time), or None."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        return None
+    best: tuple[float, str] | None = None
+    for name in os.listdir(root):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        times = [e.stat().st_mtime for e in os.scandir(folder) if e.name.endswith(".pt") and not e.name[0] == "."]
+        if times and (best is None or max(times) > best[0]):
+            best = (max(times), folder)
+    return best[1] if best else None
+
+
+def saved_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run record (`{"run_id", "config"}`) in the newest checkpoint of `folder`; None when there is none."""
+    path = Checkpoint.latest(folder) if os.path.isdir(folder) else None
+    return run_record(path) if path is not None else None
+
+
+def run_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run record saved in the checkpoint file `path` (None for files written without `fit`)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    record = payload.get("objects", {}).get(RUN_KEY) if isinstance(payload, dict) else None
+    return dict(record) if isinstance(record, Mapping) else None
+
+
+def differing(saved: Mapping[str, Any], config: Mapping[str, Any], may_differ: Iterable[str] = MAY_DIFFER) -> list:
+    """`(key, saved value, new value)` for each setting of `config` that differs from `saved` and may not."""
+    allowed = set(may_differ)
+    plain = _plain(config)
+    return [(k, saved[k], config[k]) for k in plain if k in saved and k not in allowed and saved[k] != plain[k]]
+
+
+def epoch_of(state: Any) -> int:
+    """The epoch that the state's iteration belongs to (1-based), so a stop and its resume name the same one."""
+    length = state.epoch_length
+    if length:
+        return max(1, -(-state.iteration // length))
+    return state.epoch
+
+
+def finished(state: Any) -> bool:
+    """Whether every iteration of the run's `max_epochs` is done."""
+    if state.max_epochs is None:
+        return False
+    if state.epoch_length:
+        return state.iteration >= state.epoch_length * state.max_epochs
+    return state.epoch >= state.max_epochs
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    if dist.is_main():
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def fit(
+    trainer: Engine,
+    data: Iterable,
+    *,
+    max_epochs: int,
+    objects: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    config: Mapping[str, Any] | None = None,
+    may_differ: Iterable[str] = MAY_DIFFER,
+    run_id: str | None = None,
+    checkpoint_every: int | None = None,
+    keep_last: int = 2,
+    tensorboard: str | os.PathLike[str] | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    progress_per: str = "epoch",
+    nan_guard: bool = True,
+    max_iterations: int | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    resume_hint: str = "resume=True",
+) -> RunResult:
+    """Run `trainer` over `data` with checkpoints, resume, NaN guard, TensorBoard, progress and graceful stop.
+
+    The run's checkpoints go to `checkpoint_dir` (default: a new folder `checkpoints/<run-id>`), which must
+    not hold another run's checkpoints unless `resume=True`, which continues exactly from the newest good
+    one there (mid-epoch included; a folder without checkpoints starts a new run). `config` (any plain
+    settings, e.g. `vars(args)`) is saved in every checkpoint with the run id; on resume a setting that
+    differs from the saved one raises `RunError` before any training, unless it is in `may_differ`
+    (`max_epochs` is: more epochs continue the run, as many or fewer than done leave it untouched).
+
+    Args:
+        trainer: the training engine (its state is saved as "trainer").
+        data: the training batches.
+        max_epochs: epochs the run trains in all.
+        objects: what to checkpoint besides the trainer (model, optimizer, scheduler...).
+        checkpoint_dir: the run's own folder; `resume` continues the run saved there.
+        config: the run's settings, saved in its checkpoints and compared on resume.
+        checkpoint_every: also save every this many iterations (always at each epoch's end and at the end).
+        tensorboard: the TensorBoard folder of this run (None: no TensorBoard); reused on resume.
+        progress: a progress bar (None: only in a terminal), over each epoch or the run (`progress_per`).
+        nan_guard: stop on a NaN/Inf loss (exit status 1), keeping the last good checkpoint.
+        max_iterations: stop (and save) after this iteration, e.g. to try a set-up.
+        output_transform: picks the loss out of the trainer's output for TensorBoard and the bar.
+        resume_hint: how the messages tell the user to continue a run ("--resume" in `ember train`).
+
+    Returns:
+        A `RunResult`; `exit_status` is 0 (finished, or nothing to do), 1 (NaN/Inf loss) or 128 + the signal.
+    """
+    objects = {**(objects or {}), "trainer": trainer}
+    if checkpoint_dir is None:
+        checkpoint_dir, run_id = make_run_dir("checkpoints", run_id) if dist.is_main() else (None, run_id)
+        checkpoint_dir, run_id = dist.broadcast_object((checkpoint_dir, run_id))
+    folder = os.fspath(checkpoint_dir)
+    record = RunRecord(run_id or os.path.basename(os.path.normpath(folder)), {**(config or {}),
+                                                                            "max_epochs": max_epochs})
+    resumed = _resume(trainer, folder, objects, record, resume, may_differ, resume_hint)
+    result = RunResult(0, False, None, record.run_id, folder, os.fspath(tensorboard) if tensorboard else None,
+                       resumed)
+    state = trainer.state
+    length = len(data) if hasattr(data, "__len__") else None
+    if resumed and length is not None and state.epoch_length not in (None, length):
+        raise RunError(
+            f"the checkpoint in {folder} has {state.epoch_length} iterations per epoch but this run has "
+            f"{length}: resume with the same batch size per process and the same number of processes"
+        )
+    if resumed and state.epoch_length and state.iteration >= state.epoch_length * max_epochs:
+        done, extra = divmod(state.iteration, state.epoch_length)
+        part = f" and {_plural(extra, 'iteration')} of epoch {done + 1}" if extra else ""
+        _say(f"Nothing to do: the run in {folder} already finished {_plural(done, 'epoch')}{part} (iteration "
+             f"{state.iteration}), not fewer than the {_plural(max_epochs, 'epoch')} asked for; nothing was changed.")
+        result.finished = True
+        return result
+    objects[RUN_KEY] = RunRecord(record.run_id, record.config)
+    logs = "no TensorBoard logs"
+    if tensorboard:
+        parent = os.path.dirname(os.path.normpath(tensorboard)) or os.fspath(tensorboard)
+        logs = f"TensorBoard logs to {os.fspath(tensorboard)} (view them: tensorboard --logdir {parent})"
+    _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
+    guard = trainer.add(TerminateOnNan()) if nan_guard else None
+    trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
+                           keep_last=keep_last, save_on_exception=True))
+    if tensorboard:
+        try:
+            trainer.add(TensorBoardLogger(os.fspath(tensorboard), hparams=dict(hparams or {}),
+                                          output_transform=output_transform))
+        except OSError as exc:
+            raise RunError(f"cannot write TensorBoard logs to {os.fspath(tensorboard)}: {exc.strerror or exc}",
+                           setting="tensorboard") from None
+    trainer.add(ProgressBar(per=progress_per, enabled=progress, output_transform=output_transform))
+    if max_iterations is not None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=max_iterations), lambda e: e.terminate())
+    stop = GracefulStop()
+    trainer.add(stop)
+    with stop:
+        try:
+            trainer.run(data, max_epochs=max_epochs)
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            # Workers killed by the same signal: the last finished iteration was saved (save_on_exception).
+            if stop.signum is None or not is_worker_death(exc):
+                raise
+    result.finished = finished(state)
+    result.stop_reason = stop.reason
+    if stop.signum is not None and result.finished:
+        _say(f"{stop.reason} arrived after the last iteration: the run had finished; its checkpoint is in {folder}.")
+    elif stop.signum is not None:
+        _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; checkpoint "
+             f"saved in {folder} (continue with {resume_hint}).")
+        result.exit_status = stop.exit_status
+    elif getattr(guard, "stopped_at", None) is not None or getattr(state, "terminated_on_nan", None):
+        result.stop_reason = "nan"
+        result.exit_status = 1
+    elif not result.finished:
+        result.stop_reason = "terminated"
+        if max_iterations is not None and state.iteration == max_iterations:
+            result.stop_reason = "max_iterations"
+            _say(f"Stopped after iteration {state.iteration} (max_iterations {max_iterations}) in epoch "
+                 f"{epoch_of(state)}; checkpoint saved in {folder} (continue with {resume_hint}).")
+    return result
+
+
+def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRecord, resume: bool,
+            may_differ: Iterable[str], hint: str) -> str | None:
+    """Load the newest good checkpoint of the run in `folder` when asked to; refuse to mix two runs."""
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")] \
+        if os.path.isdir(folder) else []
+    newest = Checkpoint.latest(folder) if names else None
+    saved = run_record(newest) if newest is not None else None
+    if not resume:
+        if names:
+            owner = f" (run {saved['run_id']})" if saved else ""
+            raise RunError(f"{folder} holds the checkpoints of another run{owner}; a new run needs a folder of its "
+                           f"own (or {hint} to continue that one)", setting="checkpoint_dir")
+        return None
+    if saved is not None:
+        bad = differing(saved["config"], record.config, may_differ)
+        if bad:
+            key, old, new = bad[0]
+            raise RunError(f"{key}={new!r} differs from the run being resumed in {folder}, which has {key}={old!r}; "
+                           "keep its value or start a new run", setting=key)
+        record.run_id = saved["run_id"]
+        objects = {**objects, RUN_KEY: RunRecord(record.run_id)}
+    # With files but none good, resume_latest raises, listing each file's problem.
+    path = Checkpoint.resume_latest(folder, objects) if names else None
+    if path is None:
+        _say(f"No checkpoint in {folder}: starting from the beginning.")
+        return None
+    s = trainer.state
+    _say(f"Resumed from {path} at epoch {epoch_of(s)}, iteration {s.iteration}.")
+    return path
