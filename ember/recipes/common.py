@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks import Checkpoint, ProgressBar, TensorBoardLogger, TerminateOnNan
+from ember.callbacks import Checkpoint, CheckpointError, ProgressBar, TensorBoardLogger, TerminateOnNan
+from ember.callbacks.pictures import EvalPictures
+from ember.callbacks.tensorboard import CorrectCounter
 from ember.engine import Engine, Events, create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader
 from ember.recipes.data import load_dataset
@@ -92,6 +94,12 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
                    help="tqdm progress bar (default: only when stdout is a terminal)")
     p.add_argument("--logdir", default=None, help="TensorBoard folder (default: runs/<recipe>/<timestamp>)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="do not log to TensorBoard")
+    p.add_argument("--log-every", type=_positive_int, default=100, metavar="ITERS",
+                   help="iterations between TensorBoard's per-iteration points (loss, LR, gradient norm)")
+    p.add_argument("--images", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorBoard pictures of each evaluation: confusion matrix, misclassified test images")
+    p.add_argument("--histograms", action="store_true", help="TensorBoard histograms of weights and gradients")
+    p.add_argument("--graph", action="store_true", help="the model graph in TensorBoard")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: checkpoints/<recipe>)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="ITERS",
                    help="also checkpoint every ITERS iterations (default: at the end of each epoch)")
@@ -137,10 +145,14 @@ class RunContext:
         self.device = select_device(args.device)
         seed_everything(args.seed)
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.classes: list[str] | None = None
+        self.correct: CorrectCounter | None = None
 
     def dataset(self, train: bool, name: str | None = None) -> Any:
-        """The recipe's dataset (or `name`), found as the data flags say."""
-        return load_dataset(name or self.recipe.dataset, train=train, root=self.args.data_root)
+        """The recipe's dataset (or `name`), found as the data flags say; its class names are kept for pictures."""
+        dataset = load_dataset(name or self.recipe.dataset, train=train, root=self.args.data_root)
+        self.classes = self.classes or getattr(dataset, "classes", None)
+        return dataset
 
     def loader(self, train: bool, *, shuffle: bool | None = None, batch_size: int | None = None,
                normalize: tuple | None = None, resize: int | None = None, name: str | None = None) -> Any:
@@ -176,14 +188,21 @@ class RunContext:
         kwargs.setdefault("cuda_graph", self.args.cuda_graph)
         kwargs.setdefault("channels_last", self.args.channels_last)
         kwargs.setdefault("compile", self.args.compile)
+        if self.args.tensorboard:
+            loss_fn = self.correct = CorrectCounter(loss_fn)  # the training accuracy, counted on the device
         return create_trainer(model, optimizer, loss_fn, self.device, amp=self.args.amp, **kwargs)
 
-    def evaluator(self, model: nn.Module, loss_fn: Callable) -> Engine:
-        """An evaluator computing accuracy and average loss with ignite's metrics on the device."""
+    def evaluator(self, model: nn.Module, loss_fn: Callable, metrics: dict[str, Any] | None = None) -> Engine:
+        """An evaluator computing `metrics` (default: accuracy and average loss with ignite's metrics) on the
+        device, and with TensorBoard and --images the pictures of each evaluation."""
         from ignite.metrics import Accuracy, Loss
 
-        metrics = {"accuracy": Accuracy(device=self.device), "loss": Loss(loss_fn, device=self.device)}
-        return create_evaluator(model, metrics, self.device, amp=self.args.amp)
+        if metrics is None:
+            metrics = {"accuracy": Accuracy(device=self.device), "loss": Loss(loss_fn, device=self.device)}
+        evaluator = create_evaluator(model, metrics, self.device, amp=self.args.amp)
+        if self.args.tensorboard and self.args.images:
+            evaluator.add(EvalPictures())
+        return evaluator
 
     def fit(self, trainer: Engine, loader: Any, objects: dict[str, Any], *, progress: str = "epoch",
             output_transform: Callable[[Any], Any] | None = None) -> int:
@@ -196,7 +215,8 @@ class RunContext:
         objects = {**objects, "trainer": trainer}
         trainer.state.seed = args.seed
         ckpt_dir = args.checkpoint_dir or os.path.join("checkpoints", name)
-        resumed = self._resume(trainer, ckpt_dir, objects) if args.resume else False
+        logger = self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None
+        resumed = self._resume(trainer, ckpt_dir, objects, logger) if args.resume else False
         if resumed and trainer.state.epoch_length not in (None, len(loader)):
             raise RecipeError(
                 f"the checkpoint in {ckpt_dir} has {trainer.state.epoch_length} iterations per epoch but this run has "
@@ -207,21 +227,19 @@ class RunContext:
                 print(f"Nothing to do: the run in {ckpt_dir} already finished {trainer.state.max_epochs} epochs.")
                 return 0
         nan_guard = trainer.add(TerminateOnNan())
+        if logger is not None:  # before Checkpoint: a checkpoint then holds the logger's state of its iteration
+            trainer.add(logger)
+            objects["tensorboard"] = logger
         trainer.add(Checkpoint(objects, ckpt_dir, every_epochs=1, every_iterations=args.checkpoint_every,
                                keep_last=args.keep_last, save_on_exception=True))
-        if args.tensorboard:
-            logdir = args.logdir or os.path.join("runs", name, self.stamp)
-            try:
-                trainer.add(TensorBoardLogger(logdir, hparams=self._hparams(), output_transform=output_transform))
-            except OSError as exc:
-                raise RecipeError(f"cannot write TensorBoard logs to {logdir}: {exc.strerror or exc}; pass --logdir "
-                                  "with a folder that can be created and written, or --no-tensorboard") from None
         trainer.add(ProgressBar(per=progress, enabled=args.progress, output_transform=output_transform))
         if dist.world_size() > 1:
             print(f"Distributed: {dist.world_size()} processes, global batch {args.batch_size * dist.world_size()}")
         if args.max_iterations is not None:
             trainer.add_event_handler(Events.ITERATION_COMPLETED(once=args.max_iterations), lambda e: e.terminate())
         with graceful_stop(trainer) as stop:
+            if logger is not None:  # a run stopped to be resumed writes its hparams when it finishes
+                logger.hparams_if = lambda e: stop.signum is None and (args.max_iterations is None or e.state.is_done())
             trainer.run(loader, max_epochs=args.epochs)
         if stop.signum is not None:
             print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {trainer.state.epoch}, iteration "
@@ -231,11 +249,27 @@ class RunContext:
             return 1
         return 0
 
-    def _resume(self, trainer: Engine, ckpt_dir: str, objects: dict[str, Any]) -> bool:
+    def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
+        args = self.args
+        logdir = args.logdir or os.path.join("runs", self.recipe.name, self.stamp)
+        try:
+            return TensorBoardLogger(logdir, log_every=args.log_every, histograms_every=int(args.histograms),
+                                     graph=args.graph, model=model, hparams=self._hparams(),
+                                     output_transform=output_transform, correct=self.correct,
+                                     class_names=self.classes)
+        except OSError as exc:
+            raise RecipeError(f"cannot write TensorBoard logs to {logdir}: {exc.strerror or exc}; pass --logdir "
+                              "with a folder that can be created and written, or --no-tensorboard") from None
+
+    def _resume(self, trainer: Engine, ckpt_dir: str, objects: dict[str, Any],
+                logger: TensorBoardLogger | None = None) -> bool:
         path = Checkpoint.resume_latest(ckpt_dir, objects) if os.path.isdir(ckpt_dir) else None
         if path is None:
             print(f"No checkpoint in {ckpt_dir}: starting from the beginning.")
             return False
+        if logger is not None:  # the epoch in progress and the best values; absent when saved without TensorBoard
+            with contextlib.suppress(CheckpointError):
+                Checkpoint.load(path, {"tensorboard": logger}, restore_rng=False)
         if trainer.state.seed is not None and trainer.state.seed != self.args.seed:
             raise RecipeError(f"{path} was trained with --seed {trainer.state.seed}; pass --seed "
                               f"{trainer.state.seed} to resume it, or use another --checkpoint-dir")
@@ -243,9 +277,14 @@ class RunContext:
         return True
 
     def _hparams(self) -> dict[str, Any]:
-        a = self.args
-        return {"recipe": self.recipe.name, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
-                "seed": a.seed, "amp": a.amp or "none", "data_path": a.data_path}
+        """Every flag that shapes the training (the recipe's own included), not those saying where to log."""
+        flags = {k: v for k, v in vars(self.args).items() if k not in NOT_HPARAMS}
+        return {"recipe": self.recipe.name, **{k: "none" if v is None else v for k, v in flags.items()}}
+
+
+# Flags about where things go and how a run is watched, not about the training itself.
+NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
+                         "resume", "progress", "max_iterations", "log_every", "images", "histograms", "graph"})
 
 
 STOP_CHECK_EVERY = 20  # iterations between the ranks' collective "was anyone signalled?" check
