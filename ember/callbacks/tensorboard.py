@@ -225,6 +225,8 @@ class TensorBoardLogger:
         s = engine.state
         resumed = s.iteration > 0
         epochs_done = s.iteration // s.epoch_length if s.epoch_length else s.epoch
+        if resumed:
+            _next_second_if_taken(self.logdir)
         self.writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs,
                                     purge_step=s.iteration + 1 if resumed else None)
         self.writers = {"": self.writer}
@@ -376,22 +378,22 @@ class TensorBoardLogger:
             writer.flush()
 
     def _on_completed(self, engine: Engine) -> None:
-        if self.hparams and self.writer is not None and (self.hparams_if is None or self.hparams_if(engine)):
+        if self.hparams and self.writers and (self.hparams_if is None or self.hparams_if(engine)):
             self.write_hparams()
         self.close()
 
     def write_hparams(self) -> None:
-        """Write the hparams and, as their metrics, the final and best validation values logged so far."""
+        """Write the hparams into the val run, so that its values (final and best) are the HParams metrics.
+
+        No experiment summary is written: TensorBoard then lists the union of every run's hparams (runs
+        of different recipes have different flags) and, as metrics, the scalars of the session's run.
+        """
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-        assert self.writer is not None
-        experiment, start, end = hparams_summaries(dict(self.hparams), {})
-        metrics = [(VAL, f"{kind}/{name}", f"{VAL} {label} {name}")
-                   for name in self.final for kind, label in (("epoch", "final"), ("best", "best"))]
-        _add_metric_infos(experiment, metrics)
-        file_writer = self.writer._get_file_writer()  # reopens the event file if the run closed it
-        for summary in (experiment, start, end):
-            file_writer.add_summary(summary)
+        _, start, end = hparams_summaries(dict(self.hparams), {})
+        file_writer = self.writers[VAL]._get_file_writer()  # reopens the event file if the run closed it
+        file_writer.add_summary(start)
+        file_writer.add_summary(end)
 
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         self.close()
@@ -428,15 +430,14 @@ class TensorBoardLogger:
         self._carried = dict(state["epoch"]) if state.get("epoch") else None
 
 
-def _add_metric_infos(experiment: Any, metrics: list[tuple[str, str, str]]) -> None:
-    """Add (run group, tag, display name) metrics to the experiment summary torch's `hparams()` built."""
-    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-
-    value = experiment.value[0]
-    content = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    for group, tag, display in metrics:
-        content.experiment.metric_infos.add(name=api_pb2.MetricName(group=group, tag=tag), display_name=display)
-    value.metadata.plugin_data.content = content.SerializeToString()
+def _next_second_if_taken(logdir: str) -> None:
+    """Wait for the next second when an event file of this second exists: TensorBoard reads a folder's files
+    in name order, and the name holds whole seconds, then a per-process counter (".10" sorts before ".9")."""
+    now = int(time.time())
+    names = [name for folder in (logdir, os.path.join(logdir, TRAIN), os.path.join(logdir, VAL))
+             if os.path.isdir(folder) for name in os.listdir(folder)]
+    if any(name.startswith(f"events.out.tfevents.{now}.") for name in names):
+        time.sleep(now + 1 - time.time())
 
 
 def _check_writable(logdir: str) -> None:

@@ -62,13 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ember` console script and of `python -m ember`."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="ember", description="Train the ember recipes.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,train,board}")
     sub.add_parser("list", help="show the recipes with their seed and dataset")
     train = sub.add_parser("train", help="train a recipe: ember train NAME [flags]; NAME --help lists its flags",
                            add_help=False)
     train.add_argument("name", choices=list(RECIPES), metavar="NAME", nargs="?")
     train.add_argument("-h", "--help", action="store_true")
+    sub.add_parser("board", help="serve the runs with TensorBoard: ember board [LOGDIR] [--port N]", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "board":
+        from ember.board import main as board
+
+        return board(rest)
     if args.command == "list":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
