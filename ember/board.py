@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from tensorboard import program
 
     board = program.TensorBoard()
-    board.configure(argv=[None, "--logdir", args.logdir, "--host", HOST, "--port", str(args.port)])
+    # The Python loader: it honours the purge marker a resumed run writes (the Rust one drops it).
+    board.configure(argv=[None, "--logdir", args.logdir, "--host", HOST, "--port", str(args.port),
+                          "--load_fast", "false", "--reload_interval", "2"])
     try:
         url = board.launch()
     except program.TensorBoardPortInUseError:

@@ -1,9 +1,10 @@
-"""Recipes' TensorBoard runs served by the real `tensorboard` on 127.0.0.1 and read back over its HTTP API.
+"""Recipes' TensorBoard runs served by `ember board` (the real TensorBoard, on 127.0.0.1) and read back over
+TensorBoard's HTTP API.
 
 One module-wide set-up trains two short recipe runs through `ember train` on small fake datasets: the
 speed run (OneCycle LR stepped every iteration) and mnist-mlp-plateau (seed 002, whose printed losses are
 scaled), the latter interrupted after 9 iterations and resumed from its iteration-6 checkpoint, as after
-a kill. One tensorboard server then serves both, and each test reads what a person would see.
+a kill. One `ember board` server then serves both, and each test reads what a person would see.
 """
 
 from __future__ import annotations
@@ -43,12 +44,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tensorboard_command(logdir: Path, port: int) -> list[str]:
-    exe = Path(sys.executable).with_name("tensorboard")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "tensorboard.main"]
-    return base + ["--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
-
-
 class Captured:
     """Takes one object's state out of a checkpoint through Checkpoint.load."""
 
@@ -61,12 +56,13 @@ class Captured:
         self.state = state
 
 
-def train(*argv: str) -> str:
+def train(name: str, *argv: str) -> str:
+    """`ember train name ...` (later flags win), its stdout."""
     out = io.StringIO()
     saved = sys.stdout
     sys.stdout = out
     try:
-        rc = main(["train", *argv, "--no-progress", "--device", "cpu", "--log-every", "2"])
+        rc = main(["train", name, "--no-progress", "--device", "cpu", "--log-every", "2", *argv])
     finally:
         sys.stdout = saved
     assert rc == 0, out.getvalue()
@@ -108,12 +104,13 @@ def served(tmp_path_factory) -> dict[str, Any]:
         mp.setenv("EMBER_CACHE", str(base / "cache"))
         mp.setattr(data, "DEBIAN_FASHION_MNIST", base / "no-debian")
         train("fashion-mnist-speedrun", "--data-root", str(fashion), "--epochs", "2", "--batch-size", "32",
-              "--logdir", str(runs / SPEED), "--checkpoint-dir", str(base / "ckpt-speed"))
+              "--logdir", str(runs / SPEED), "--checkpoint-dir", str(base / "ckpt-speed"), "--histograms", "--graph")
         plateau = ["mnist-mlp-plateau", "--data-root", str(mnist), "--epochs", "2", "--batch-size", "32",
                    "--logdir", str(runs / PLATEAU), "--checkpoint-dir", str(base / "ckpt-plateau"),
                    "--checkpoint-every", "3", "--keep-last", "9"]
         train(*plateau, "--max-iterations", "9")
         found["interrupted"] = read_events(runs / PLATEAU / "train")
+        found["interrupted"]["root"] = read_events(runs / PLATEAU)
         found["interrupted_hparams"] = hparams_tags(runs / PLATEAU / "val")
         for path in (base / "ckpt-plateau").glob("checkpoint_*.pt"):
             if int(re.findall(r"\d+", path.name)[-1]) > 6:
@@ -121,15 +118,18 @@ def served(tmp_path_factory) -> dict[str, Any]:
         captured = Captured()
         Checkpoint.load(Checkpoint.latest(base / "ckpt-plateau"), {"tensorboard": captured}, restore_rng=False)
         found["saved_state"] = captured.state
-        found["printed"] = train(*plateau, "--resume")
+        # Logging every 3 iterations now: the interrupted run's point at 8, past the checkpoint, must go.
+        found["printed"] = train(*plateau, "--resume", "--log-every", "3")
     port = free_port()
-    server = subprocess.Popen(tensorboard_command(runs, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen([sys.executable, "-m", "ember", "board", str(runs), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     board = Board(port)
     try:
+        found["url_line"] = server.stdout.readline()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
-                pytest.fail(f"tensorboard exited early: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                pytest.fail(f"ember board exited early: {server.stderr.read()[-2000:]}")  # type: ignore[union-attr]
             try:
                 tags = board.get("scalars/tags")
                 if {f"{SPEED}/val", f"{PLATEAU}/val", SPEED, PLATEAU} <= set(tags):
@@ -137,13 +137,15 @@ def served(tmp_path_factory) -> dict[str, Any]:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"tensorboard at port {port} did not serve the runs within 60 s")
+                pytest.fail(f"ember board at port {port} did not serve the runs within 60 s")
             time.sleep(0.3)
+        found["port"] = port
         found["board"] = board
         yield found
     finally:
         server.kill()
         server.wait(timeout=10)
+        server.stdout.close()  # type: ignore[union-attr]
         server.stderr.close()  # type: ignore[union-attr]
 
 
@@ -164,6 +166,18 @@ def hparams_tags(folder: Path) -> set[str]:
         return set(events.PluginTagToContent("hparams"))
     except KeyError:  # no hparams data in the folder at all
         return set()
+
+
+def test_ember_board_prints_its_url_and_refuses_a_taken_port(served):
+    assert served["url_line"].strip().endswith(f"at http://127.0.0.1:{served['port']}/ (Ctrl-C to stop)")
+    taken = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"]), "--port",
+                            str(served["port"])], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1 and taken.stdout == ""
+    assert taken.stderr.splitlines() == [f"ember board: error: port {served['port']} on 127.0.0.1 is taken "
+                                         "(another TensorBoard?); pass --port with a free one"]
+    missing = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"] / "nothing")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1 and "is not a folder" in missing.stderr
 
 
 def test_train_and_val_share_the_loss_and_accuracy_charts(served):
@@ -243,12 +257,22 @@ def test_confusion_matrix_and_misclassified_images_per_evaluation(served):
         assert picture.format == "PNG" and picture.width > 200 and picture.height > 40
 
 
+def test_histograms_and_graph_behind_their_flags(served):
+    board = served["board"]
+    histograms = board.get("histograms/tags")
+    assert {"weights/features.0.weight", "grads/features.0.weight"} <= set(histograms[f"{SPEED}/train"])
+    assert PLATEAU not in histograms and f"{PLATEAU}/train" not in histograms, "off by default"
+    graphs = board.get("graphs/info")
+    assert graphs[SPEED]["run_graph"] and PLATEAU not in graphs
+
+
 def test_resumed_run_continues_the_same_run_without_duplicate_steps(served):
     board, interrupted = served["board"], served["interrupted"]
     assert [s for s, _ in interrupted["epoch/loss"]] == [1], "the interrupted run had logged epoch 1"
     assert served["interrupted_hparams"] == set(), "a run stopped to be resumed writes no hparams"
-    for run, tag, steps in [(PLATEAU, "iteration/loss", list(range(2, 2 * ITERS + 1, 2))),
-                            (PLATEAU, "iteration/lr", list(range(2, 2 * ITERS + 1, 2))),
+    assert [s for s, _ in interrupted["root"]["iteration/loss"]] == [2, 4, 6, 8]
+    resumed_steps = [2, 4, 6, 9, 12, 15]  # from the checkpoint at 6, every 3
+    for run, tag, steps in [(PLATEAU, "iteration/loss", resumed_steps), (PLATEAU, "iteration/lr", resumed_steps),
                             (f"{PLATEAU}/train", "epoch/loss", [1, 2]), (f"{PLATEAU}/val", "epoch/loss", [1, 2]),
                             (f"{PLATEAU}/train", "epoch/time_s", [1, 2])]:
         assert [s for s, _ in board.scalars(run, tag)] == steps, (run, tag)

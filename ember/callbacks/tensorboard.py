@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -227,12 +228,14 @@ class TensorBoardLogger:
         epochs_done = s.iteration // s.epoch_length if s.epoch_length else s.epoch
         if resumed:
             _next_second_if_taken(self.logdir)
+        # Every writer starts with a session-start marker: TensorBoard takes each one after a run's first as a
+        # restart and drops the points from its step on (what a killed run logged after its checkpoint).
         self.writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs,
-                                    purge_step=s.iteration + 1 if resumed else None)
+                                    purge_step=s.iteration + 1 if resumed else 0)
         self.writers = {"": self.writer}
         for name in (TRAIN, VAL):
             self.writers[name] = SummaryWriter(os.path.join(self.logdir, name), flush_secs=self.flush_secs,
-                                               purge_step=epochs_done + 1 if resumed else None)
+                                               purge_step=epochs_done + 1 if resumed else 0)
 
     # ------------------------------------------------------------------ per iteration
     def _epoch_started(self, engine: Engine) -> None:
@@ -307,7 +310,9 @@ class TensorBoardLogger:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                # add_graph traces with torch.jit.trace, TensorBoard's graph format; its deprecation is not the user's
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
                 self.writer.add_graph(model, x[:1].to(device))  # type: ignore[union-attr]
         finally:
             model.train(was_training)

@@ -239,7 +239,8 @@ class RunContext:
             trainer.add_event_handler(Events.ITERATION_COMPLETED(once=args.max_iterations), lambda e: e.terminate())
         with graceful_stop(trainer) as stop:
             if logger is not None:  # a run stopped to be resumed writes its hparams when it finishes
-                logger.hparams_if = lambda e: stop.signum is None and (args.max_iterations is None or e.state.is_done())
+                logger.hparams_if = lambda e: stop.signum is None and (
+                    args.max_iterations is None or e.state.iteration >= e.state.epoch_length * e.state.max_epochs)
             trainer.run(loader, max_epochs=args.epochs)
         if stop.signum is not None:
             print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {trainer.state.epoch}, iteration "
