@@ -178,7 +178,7 @@ def fit(
     run_id: str | None = None,
     checkpoint_every: int | None = None,
     keep_last: int = 2,
-    tensorboard: str | os.PathLike[str] | None = None,
+    tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None,
     hparams: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     progress_per: str = "epoch",
@@ -204,7 +204,9 @@ def fit(
         checkpoint_dir: the run's own folder; `resume` continues the run saved there.
         config: the run's settings, saved in its checkpoints and compared on resume.
         checkpoint_every: also save every this many iterations (always at each epoch's end and at the end).
-        tensorboard: the TensorBoard folder of this run (None: no TensorBoard); reused on resume.
+        tensorboard: the TensorBoard folder of this run, or a `TensorBoardLogger` for it (None: no TensorBoard);
+            reused on resume, where the logger continues the same run. Its hparams are written only when the
+            run finishes (not when it is stopped to be resumed).
         progress: a progress bar (None: only in a terminal), over each epoch or the run (`progress_per`).
         nan_guard: stop on a NaN/Inf loss (exit status 1), keeping the last good checkpoint.
         max_iterations: stop (and save) after this iteration, e.g. to try a set-up.
@@ -222,7 +224,9 @@ def fit(
     record = RunRecord(run_id or os.path.basename(os.path.normpath(folder)), {**(config or {}),
                                                                             "max_epochs": max_epochs})
     resumed = _resume(trainer, folder, objects, record, resume, may_differ, resume_hint)
-    result = RunResult(0, False, None, record.run_id, folder, os.fspath(tensorboard) if tensorboard else None,
+    logdir = tensorboard.logdir if isinstance(tensorboard, TensorBoardLogger) else (
+        os.fspath(tensorboard) if tensorboard else None)
+    result = RunResult(0, False, None, record.run_id, folder, logdir,
                        resumed)
     state = trainer.state
     length = len(data) if hasattr(data, "__len__") else None
@@ -240,25 +244,30 @@ def fit(
         return result
     objects[RUN_KEY] = RunRecord(record.run_id, record.config)
     logs = "no TensorBoard logs"
-    if tensorboard:
-        parent = os.path.dirname(os.path.normpath(tensorboard)) or os.fspath(tensorboard)
-        logs = f"TensorBoard logs to {os.fspath(tensorboard)} (view them: tensorboard --logdir {parent})"
+    if logdir:
+        parent = os.path.dirname(os.path.normpath(logdir)) or logdir
+        logs = f"TensorBoard logs to {logdir} (view them: ember board {parent})"
     _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
     guard = trainer.add(TerminateOnNan()) if nan_guard else None
     trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
                            keep_last=keep_last, save_on_exception=True))
-    if tensorboard:
+    logger = None
+    if isinstance(tensorboard, TensorBoardLogger):
+        logger = trainer.add(tensorboard)
+    elif logdir:
         try:
-            trainer.add(TensorBoardLogger(os.fspath(tensorboard), hparams=dict(hparams or {}),
-                                          output_transform=output_transform))
+            logger = trainer.add(TensorBoardLogger(logdir, hparams=dict(hparams or {}),
+                                                   output_transform=output_transform))
         except OSError as exc:
-            raise RunError(f"cannot write TensorBoard logs to {os.fspath(tensorboard)}: {exc.strerror or exc}",
+            raise RunError(f"cannot write TensorBoard logs to {logdir}: {exc.strerror or exc}",
                            setting="tensorboard") from None
     trainer.add(ProgressBar(per=progress_per, enabled=progress, output_transform=output_transform))
     if max_iterations is not None:
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=max_iterations), lambda e: e.terminate())
     stop = GracefulStop()
     trainer.add(stop)
+    if logger is not None:  # a run stopped to be resumed writes its hparams when it finishes
+        logger.hparams_if = lambda e: stop.signum is None and (max_iterations is None or finished(e.state))
     with stop:
         try:
             trainer.run(data, max_epochs=max_epochs)

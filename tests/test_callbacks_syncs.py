@@ -1,4 +1,5 @@
-"""LossPrinter, TerminateOnNan and ThroughputMonitor read tensor values only on the iterations they fire."""
+"""LossPrinter, TerminateOnNan, ThroughputMonitor and TensorBoardLogger read tensor values only on the
+iterations they fire."""
 
 import io
 import warnings
@@ -9,6 +10,7 @@ from torch import nn
 
 from ember.callbacks.loss_printer import SEED001_FMT, LossPrinter
 from ember.callbacks.nan import TerminateOnNan
+from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
 from ember.callbacks.timing import SEED003_FMT, ThroughputMonitor
 from ember.engine import Events, create_trainer
 
@@ -80,8 +82,25 @@ def test_throughput_monitor_reads_once_per_epoch(monkeypatch, trainer, data):
     assert seen == [30, 60, 90]
 
 
+def counting_trainer():
+    """A trainer whose loss function also counts right predictions (the recipes' set-up for TensorBoard)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    counter = CorrectCounter(nn.CrossEntropyLoss())
+    return create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), counter), counter
+
+
+def test_tensorboard_logger_reads_only_at_logging_steps_and_epoch_ends(monkeypatch, data, tmp_path):
+    trainer, counter = counting_trainer()
+    trainer.add(TensorBoardLogger(tmp_path, log_every=10, correct=counter))
+    seen = record_syncs(monkeypatch, trainer)
+    trainer.run(data, max_epochs=2)
+    # one read per logged iteration (loss, gradient norm, LR together), one per epoch (loss and accuracy sums)
+    assert seen == [10, 20, 30, 30, 40, 50, 60, 60]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_a_cuda_device_syncs_happen_only_on_firing_iterations():
+def test_on_a_cuda_device_syncs_happen_only_on_firing_iterations(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).cuda()
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss(), "cuda")
@@ -90,6 +109,7 @@ def test_on_a_cuda_device_syncs_happen_only_on_firing_iterations():
     trainer.add(LossPrinter(every=10, fmt=SEED001_FMT, window=True, file=io.StringIO()))
     trainer.add(TerminateOnNan(check_every=7))
     monitor = trainer.add(ThroughputMonitor(fmt=SEED003_FMT, file=io.StringIO()))
+    trainer.add(TensorBoardLogger(tmp_path, log_every=10))
     allowed = {1, 11, 21, 31, 41, 51} | {10, 20, 30, 40, 50, 60} | {7, 14, 21, 28, 30, 37, 44, 51, 58, 60}
     synced: list = []
 

@@ -1,30 +1,31 @@
-"""TensorBoard logging: training loss per iteration, metrics per epoch, histograms, hparams with final metrics."""
+"""TensorBoard logging in one layout for every run: train and validation side by side, per epoch and per
+iteration, with throughput, learning rates, gradient norm, pictures of the evaluation and hparams."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ember import distributed as dist
+from ember.callbacks.evaluate import EvalEvents
+from ember.callbacks.loss_printer import batch_size_of, loss_of, step_in_epoch
+from ember.callbacks.pictures import CONFUSION_MATRIX, MISCLASSIFIED, confusion_matrix_image, misclassified_grid
 from ember.callbacks.progress import as_float
 from ember.engine import Engine, Events, exception_observer
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-
-def _numeric_items(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    """(name, value) for every number in `metrics`; dict-valued metrics become `name/key`, others are skipped."""
-    for name, value in metrics.items():
-        if isinstance(value, Mapping):
-            yield from _numeric_items(value, f"{prefix}{name}/")
-            continue
-        number = as_float(value)
-        if number is not None:
-            yield f"{prefix}{name}", number
+TRAIN, VAL = "train", "val"
+# Metrics where lower is better, for the `best/<name>` curves; every other metric counts higher as better.
+LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
@@ -35,17 +36,118 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     return number if number is not None else str(value)
 
 
-class TensorBoardLogger:
-    """Writes a run's scalars (and optionally histograms and hparams) to TensorBoard event files in `logdir`.
+def lower_is_better(name: str) -> bool:
+    """Whether a metric called `name` improves downwards (losses, errors)."""
+    return any(word in name.lower() for word in LOWER_IS_BETTER)
 
-    Tags and steps: `train/loss` every `log_every` iterations with step = iteration; every number in
-    `engine.state.metrics` as `epoch/<name>` at EPOCH_COMPLETED with step = epoch, next to `epoch/time_s`
-    (the epoch's seconds), so all `epoch/*` curves share one x-axis. `histograms_every` epochs, the weights
-    and gradients of `model` as `weights/<param>` and `grads/<param>` (step = epoch). At COMPLETED, `hparams`
-    with the final metrics as `hparam/<name>`, in the same run folder. The loss is read (a device sync for
-    a GPU tensor) only on the iterations it is logged. The writer is flushed and closed at COMPLETED and
-    when the run raises. Under torch.distributed only rank 0 writes (construct the logger after
-    `init_process_group`). Attach it after the callbacks that fill `engine.state.metrics` at EPOCH_COMPLETED.
+
+class CorrectCounter:
+    """A loss function wrapper that counts the batch's right predictions on the device (no host read).
+
+    `create_trainer(model, optimizer, CorrectCounter(loss_fn))` trains as with `loss_fn`; for class scores
+    (N x C) and integer labels (N) it also adds `argmax == label` to a device counter, which
+    TensorBoardLogger(correct=counter) reads once per epoch for the training accuracy. The counter is
+    updated in place, so a training step captured as a CUDA graph keeps counting when replayed.
+    """
+
+    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
+        self.loss_fn = loss_fn
+        self.count: torch.Tensor | None = None
+
+    def __call__(self, y_pred: Any, y: Any) -> torch.Tensor:
+        loss = self.loss_fn(y_pred, y)
+        if isinstance(y_pred, torch.Tensor) and y_pred.ndim == 2 and isinstance(y, torch.Tensor) and y.ndim == 1 \
+                and not y.is_floating_point():
+            hits = (y_pred.detach().argmax(dim=1) == y).sum()
+            if self.count is None:
+                self.count = torch.zeros((), dtype=torch.int64, device=hits.device)
+            self.count.add_(hits)
+        return loss
+
+    def take(self) -> torch.Tensor | None:
+        """The count so far (a device tensor) and a reset to zero; None before any classification batch."""
+        if self.count is None:
+            return None
+        value = self.count.clone()
+        self.count.zero_()
+        return value
+
+
+class _Epoch:
+    """The running sums of one training epoch, on the device, plus its time and samples on the host."""
+
+    def __init__(self, epoch: int, carried: Mapping[str, Any] | None = None) -> None:
+        carried = carried or {}
+        self.epoch = epoch
+        self.start = time.perf_counter() - float(carried.get("elapsed_s", 0.0))
+        self.end: float | None = None
+        self.samples = int(carried.get("samples", 0))
+        self.steps = int(carried.get("steps", 0))
+        self.loss_sum: Any = float(carried.get("loss_sum", 0.0))
+        self.correct: Any = int(carried.get("correct", 0))
+        self.counted = int(carried.get("counted", 0))
+
+    def add(self, loss: Any, correct: Any, n: int) -> None:
+        self.steps += 1
+        self.samples += n
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+        self.loss_sum = loss + self.loss_sum
+        if correct is not None:
+            self.correct = correct + self.correct
+            self.counted += n
+
+    def read(self) -> tuple[float, float | None]:
+        """(mean loss, accuracy or None) with one host read."""
+        values = [self.loss_sum, self.correct]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if tensors:
+            device = tensors[0].device
+            values = torch.stack([torch.as_tensor(v, device=device).double() for v in values]).tolist()
+        loss_sum, correct = float(values[0]), float(values[1])
+        mean = loss_sum / self.steps if self.steps else math.nan
+        return mean, (correct / self.counted if self.counted else None)
+
+    def elapsed(self) -> float:
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+
+class TensorBoardLogger:
+    """Writes a run to TensorBoard in ember's layout (see docs/tensorboard.md), under `logdir`:
+
+    - `logdir/train` and `logdir/val`, step = epoch: the same tags in both, so TensorBoard draws train
+      and validation in one chart: `epoch/loss` (train: the mean of the epoch's step losses, summed on the
+      device and read once per epoch), `epoch/accuracy` (train: from `correct=` a CorrectCounter or a
+      "correct" count in the step's output), and `epoch/<name>` for every number in `state.metrics` named
+      `train/<name>` or `val/<name>` (Evaluate's prefix). In train also `epoch/samples_per_s`,
+      `epoch/time_s` (the training part of the epoch) and on CUDA `epoch/peak_memory_mib`; in val
+      `best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
+      `images/misclassified` when the evaluator has EvalPictures attached.
+    - `logdir` itself, step = iteration, every `log_every` iterations: `iteration/loss`,
+      `iteration/grad_norm` (global L2 norm of the gradients, computed on the device at those steps only)
+      and `iteration/lr` (`iteration/lr_group{i}` with several parameter groups), the rate the iteration used.
+    - `histograms_every` epochs the weights and gradients as histograms `weights/<param>`, `grads/<param>`
+      in train; with `graph=True` the model graph (traced once on the first batch).
+    - hparams (TensorBoard's HParams plugin, not scalar charts) at COMPLETED, with the final and best
+      validation values as metrics; `hparams_if(engine)` can veto them for a run that will be resumed.
+
+    Values are read from the device only on the iterations that log and once per epoch. A resumed run
+    (restored with `load_state_dict` from a checkpoint holding `state_dict()`) continues the same folders:
+    events past the checkpoint are purged, and the resumed epoch's time, loss and accuracy cover the whole
+    epoch. Only rank 0 writes under torch.distributed. Attach after Evaluate and before Checkpoint.
+
+    Args:
+        logdir: the run's folder.
+        log_every: iterations between per-iteration points (0: none).
+        histograms_every: epochs between weight/gradient histograms (0: none; needs the model).
+        graph: write the model graph once.
+        model: the trained model (default: the trainer's `model` attribute), for gradients, histograms, graph.
+        hparams: the run's hyperparameters for the HParams dashboard.
+        hparams_if: called at COMPLETED; hparams are written only when it returns True (default: always).
+        output_transform: picks the loss out of the step's output.
+        correct: a CorrectCounter wrapping the trainer's loss function, for the training accuracy.
+        class_names: names of the classes, for the pictures.
+        flush_secs: how often the event files are flushed.
     """
 
     def __init__(
@@ -54,9 +156,13 @@ class TensorBoardLogger:
         *,
         log_every: int = 100,
         histograms_every: int = 0,
+        graph: bool = False,
         model: torch.nn.Module | None = None,
         hparams: Mapping[str, Any] | None = None,
+        hparams_if: Callable[[Engine], bool] | None = None,
         output_transform: Callable[[Any], Any] | None = None,
+        correct: CorrectCounter | None = None,
+        class_names: Sequence[str] | None = None,
         flush_secs: int = 30,
     ) -> None:
         if not isinstance(log_every, int) or log_every < 0:
@@ -68,62 +174,231 @@ class TensorBoardLogger:
         self.logdir = os.fspath(logdir)
         self.log_every = log_every
         self.histograms_every = histograms_every
+        self.graph = graph
         self.model = model
         self.hparams = {str(k): _hparam_value(v) for k, v in (hparams or {}).items()}
+        self.hparams_if = hparams_if
         self.output_transform = output_transform
+        self.correct = correct
+        self.class_names = list(class_names) if class_names is not None else None
+        self.flush_secs = flush_secs
+        self.main = dist.is_main()
         self.writer: SummaryWriter | None = None
-        if dist.is_main():
-            from ember.callbacks._tb_writer import SummaryWriter  # imported here: `import ember` stays light
+        self.writers: dict[str, SummaryWriter] = {}
+        self.final: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self._epoch: _Epoch | None = None
+        self._carried: dict[str, Any] | None = None
+        self._lrs: list[Any] = []
+        self._evaluations = self._evaluations_logged = 0
+        self._graph_done = False
+        if self.main:
+            _check_writable(self.logdir)
 
-            self.writer = SummaryWriter(log_dir=self.logdir, flush_secs=flush_secs)
-
+    # ------------------------------------------------------------------ wiring
     def attach(self, engine: Engine) -> None:
         """Register the logging handlers on `engine` (nothing on ranks other than 0)."""
-        if self.writer is None:
+        if not self.main:
             return
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         if self.log_every:
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self._log_loss)
+            engine.add_event_handler(Events.ITERATION_STARTED(every=self.log_every), self._snapshot_lrs)
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self._log_iteration)
+        if not engine.has_registered_events(EvalEvents.EVALUATED):
+            engine.register_events(EvalEvents.EVALUATED)
+        engine.add_event_handler(EvalEvents.EVALUATED, self._count_evaluation)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch)
-        if self.histograms_every:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.histograms_every), self._log_histograms)
         engine.add_event_handler(Events.TERMINATE, self._flush)
         engine.add_event_handler(Events.COMPLETED, self._on_completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
-    def _log_loss(self, engine: Engine) -> None:
+    def _model(self, engine: Engine) -> torch.nn.Module | None:
+        return dist.unwrap(self.model or getattr(engine, "model", None))
+
+    def _open(self, engine: Engine) -> None:
+        """Open the three writers; on a resumed run, purge what was logged after the checkpoint."""
+        from ember.callbacks._tb_writer import SummaryWriter  # imported here: `import ember` stays light
+
+        if self.writers and self.writer is not None and self.writer.file_writer is not None:
+            return
+        s = engine.state
+        resumed = s.iteration > 0
+        epochs_done = s.iteration // s.epoch_length if s.epoch_length else s.epoch
+        if resumed:
+            _next_second_if_taken(self.logdir)
+        # Every writer starts with a session-start marker: TensorBoard takes each one after a run's first as a
+        # restart and drops the points from its step on (what a killed run logged after its checkpoint).
+        self.writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs,
+                                    purge_step=s.iteration + 1 if resumed else 0)
+        self.writers = {"": self.writer}
+        for name in (TRAIN, VAL):
+            self.writers[name] = SummaryWriter(os.path.join(self.logdir, name), flush_secs=self.flush_secs,
+                                               purge_step=epochs_done + 1 if resumed else 0)
+
+    # ------------------------------------------------------------------ per iteration
+    def _epoch_started(self, engine: Engine) -> None:
+        carried = self._carried if self._carried and self._carried.get("epoch") == engine.state.epoch else None
+        self._carried = None
+        self._epoch = _Epoch(engine.state.epoch, carried)
+        if self.correct is not None:
+            self.correct.take()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = as_float(self.output_transform(output) if self.output_transform is not None else output)
-        if loss is None:
-            raise TypeError(
-                f"TensorBoardLogger logs the training loss, but engine.state.output is a {type(output).__name__}, "
-                "not a number or one-element tensor; pass output_transform=<fn returning the loss> or log_every=0"
-            )
-        self.writer.add_scalar("train/loss", loss, engine.state.iteration)  # type: ignore[union-attr]
+        loss = loss_of(output, self.output_transform)
+        count = output.get("correct") if isinstance(output, Mapping) and self.correct is None else None
+        epoch = self._epoch
+        assert epoch is not None
+        epoch.add(loss, count, batch_size_of(engine.state.batch) or 0)
+        if engine.state.epoch_length and step_in_epoch(engine) == engine.state.epoch_length:
+            epoch.end = time.perf_counter()
+
+    def _optimizer_lrs(self, engine: Engine) -> list[Any]:
+        optimizer = getattr(engine, "optimizer", None)
+        if optimizer is None:
+            return []
+        return [lr.detach().clone() if isinstance(lr := g["lr"], torch.Tensor) else float(lr)
+                for g in optimizer.param_groups]
+
+    def _snapshot_lrs(self, engine: Engine) -> None:
+        self._lrs = self._optimizer_lrs(engine)
+
+    def _grad_norm(self, engine: Engine) -> torch.Tensor | None:
+        model = self._model(engine)
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if not grads:
+            return None
+        norm = torch.nn.utils.get_total_norm(grads)
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            norm = norm / scaler.get_scale()  # fp16: the gradients are still scaled
+        return norm
+
+    def _log_iteration(self, engine: Engine) -> None:
+        """Loss, gradient norm and learning rates of this iteration, read from the device in one go."""
+        output = engine.state.output
+        loss = loss_of(output, self.output_transform)
+        norm = self._grad_norm(engine)
+        values: list[Any] = [loss, norm if norm is not None else math.nan, *self._lrs]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if tensors:
+            device = tensors[0].device
+            values = torch.stack([torch.as_tensor(v, device=device).double().reshape(()) for v in values]).tolist()
+        step, writer = engine.state.iteration, self.writer
+        assert writer is not None
+        writer.add_scalar("iteration/loss", float(values[0]), step)
+        if norm is not None:
+            writer.add_scalar("iteration/grad_norm", float(values[1]), step)
+        lrs = values[2:]
+        for i, lr in enumerate(lrs):
+            writer.add_scalar("iteration/lr" if len(lrs) == 1 else f"iteration/lr_group{i}", float(lr), step)
+        if self.graph and not self._graph_done:
+            self._write_graph(engine)
+
+    def _write_graph(self, engine: Engine) -> None:
+        """Trace the model once on one input of the current batch, in eval mode (no statistics change)."""
+        self._graph_done = True
+        model, batch = self._model(engine), engine.state.batch
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if model is None or not isinstance(x, torch.Tensor):
+            return
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # add_graph traces with torch.jit.trace, TensorBoard's graph format; its deprecation is not the user's
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+                self.writer.add_graph(model, x[:1].to(device))  # type: ignore[union-attr]
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ per epoch
+    def _count_evaluation(self, engine: Engine) -> None:
+        self._evaluations += 1
 
     def _log_epoch(self, engine: Engine) -> None:
-        writer, epoch = self.writer, engine.state.epoch
-        assert writer is not None
-        for name, value in _numeric_items(engine.state.metrics):
-            writer.add_scalar(f"epoch/{name}", value, epoch)
-        writer.add_scalar("epoch/time_s", engine.state.times.get("EPOCH_COMPLETED", 0.0), epoch)
+        s, epoch = engine.state, self._epoch
+        step = s.epoch
+        train, val = self.writers[TRAIN], self.writers[VAL]
+        if epoch is not None and epoch.epoch == step and epoch.steps:
+            if self.correct is not None and (count := self.correct.take()) is not None:
+                epoch.correct = count + epoch.correct
+                epoch.counted = epoch.samples
+            mean, accuracy = epoch.read()
+            seconds = epoch.elapsed()
+            train.add_scalar("epoch/loss", mean, step)
+            if accuracy is not None:
+                train.add_scalar("epoch/accuracy", accuracy, step)
+            train.add_scalar("epoch/time_s", seconds, step)
+            train.add_scalar("epoch/samples_per_s", epoch.samples / seconds if seconds > 0 else 0.0, step)
+            if torch.cuda.is_available() and torch.cuda.memory_allocated() + torch.cuda.max_memory_allocated():
+                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated() / 2**20, step)
+        # With Evaluate, validation values are new only after an evaluation (it may run every n epochs).
+        fresh = self._evaluations == 0 or self._evaluations > self._evaluations_logged
+        self._evaluations_logged = self._evaluations
+        for prefix, writer in ((f"{TRAIN}/", train), (f"{VAL}/", val)):
+            if prefix == f"{VAL}/" and not fresh:
+                continue
+            for name, value in s.metrics.items():
+                if name.startswith(prefix):
+                    self._log_metric(writer, prefix, name[len(prefix):], value, step)
+        if self.histograms_every and step % self.histograms_every == 0:
+            self._log_histograms(engine, step)
 
-    def _log_histograms(self, engine: Engine) -> None:
-        writer, epoch = self.writer, engine.state.epoch
-        assert writer is not None and self.model is not None
-        for name, param in self.model.named_parameters():
-            writer.add_histogram(f"weights/{name}", param.detach(), epoch)
+    def _log_metric(self, writer: SummaryWriter, prefix: str, name: str, value: Any, step: int) -> None:
+        if name == CONFUSION_MATRIX and isinstance(value, torch.Tensor) and value.ndim == 2:
+            writer.add_image("images/confusion_matrix", confusion_matrix_image(value, self.class_names), step,
+                             dataformats="HWC")
+            return
+        if name == MISCLASSIFIED and isinstance(value, Mapping):
+            grid = misclassified_grid(value["images"], value["predicted"], value["true"], self.class_names)
+            writer.add_image("images/misclassified", grid, step, dataformats="HWC")
+            return
+        number = as_float(value)
+        if number is None:
+            return
+        writer.add_scalar(f"epoch/{name}", number, step)
+        if prefix == f"{VAL}/" and math.isfinite(number):
+            self.final[name] = number
+            better = min if lower_is_better(name) else max
+            self.best[name] = better(self.best.get(name, number), number)
+            writer.add_scalar(f"best/{name}", self.best[name], step)
+
+    def _log_histograms(self, engine: Engine, step: int) -> None:
+        writer, model = self.writers[TRAIN], self._model(engine)
+        assert model is not None
+        for name, param in model.named_parameters():
+            writer.add_histogram(f"weights/{name}", param.detach(), step)
             if param.grad is not None:
-                writer.add_histogram(f"grads/{name}", param.grad.detach(), epoch)
+                writer.add_histogram(f"grads/{name}", param.grad.detach(), step)
 
+    # ------------------------------------------------------------------ end of run
     def _flush(self, engine: Engine) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        for writer in self.writers.values():
+            writer.flush()
 
     def _on_completed(self, engine: Engine) -> None:
-        if self.hparams and self.writer is not None:
-            final = {f"hparam/{name}": value for name, value in _numeric_items(engine.state.metrics)}
-            self.writer.add_hparams(dict(self.hparams), final, run_name=".", global_step=engine.state.epoch)
+        if self.hparams and self.writers and (self.hparams_if is None or self.hparams_if(engine)):
+            self.write_hparams()
         self.close()
+
+    def write_hparams(self) -> None:
+        """Write the hparams into the val run, so that its values (final and best) are the HParams metrics.
+
+        No experiment summary is written: TensorBoard then lists the union of every run's hparams (runs
+        of different recipes have different flags) and, as metrics, the scalars of the session's run.
+        """
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        _, start, end = hparams_summaries(dict(self.hparams), {})
+        file_writer = self.writers[VAL]._get_file_writer()  # reopens the event file if the run closed it
+        file_writer.add_summary(start)
+        file_writer.add_summary(end)
 
     @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
@@ -131,6 +406,48 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         """Flush and close the event files; a later run reopens them (SummaryWriter does so on its next write)."""
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.flush()
+            writer.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch in progress (elapsed seconds, samples, loss and correct sums) and the best validation
+        values, for checkpoints: a resumed epoch adds to them, so its figures cover the whole epoch."""
+        state: dict[str, Any] = {"best": dict(self.best), "final": dict(self.final)}
+        epoch = self._epoch
+        if epoch is not None and epoch.end is None:
+            correct = epoch.correct
+            if self.correct is not None and self.correct.count is not None:
+                correct = self.correct.count + correct
+                counted = epoch.samples
+            else:
+                counted = epoch.counted
+            loss_sum = float(epoch.loss_sum)
+            state["epoch"] = {"epoch": epoch.epoch, "elapsed_s": epoch.elapsed(), "samples": epoch.samples,
+                              "steps": epoch.steps, "loss_sum": loss_sum, "correct": int(correct),
+                              "counted": counted}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` saved; the epoch in progress is carried into the same epoch when it resumes."""
+        self.best = {str(k): float(v) for k, v in state.get("best", {}).items()}
+        self.final = {str(k): float(v) for k, v in state.get("final", {}).items()}
+        self._carried = dict(state["epoch"]) if state.get("epoch") else None
+
+
+def _next_second_if_taken(logdir: str) -> None:
+    """Wait for the next second when an event file of this second exists: TensorBoard reads a folder's files
+    in name order, and the name holds whole seconds, then a per-process counter (".10" sorts before ".9")."""
+    now = int(time.time())
+    names = [name for folder in (logdir, os.path.join(logdir, TRAIN), os.path.join(logdir, VAL))
+             if os.path.isdir(folder) for name in os.listdir(folder)]
+    if any(name.startswith(f"events.out.tfevents.{now}.") for name in names):
+        time.sleep(now + 1 - time.time())
+
+
+def _check_writable(logdir: str) -> None:
+    """Create `logdir` and prove it can be written now, so a bad folder is reported before training starts."""
+    os.makedirs(logdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=logdir):
+        pass

@@ -110,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="ember", description="Train the ember recipes, or your own.")
     parser.add_argument("--version", action="version", version=f"ember {ember.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,train,board}")
     listing = sub.add_parser("list", help="show the recipes (ember's, installed ones, and any RECIPE given)")
     listing.add_argument("specs", nargs="*", metavar="RECIPE", help="also list these files/modules")
     sub.add_parser("train", help="train a recipe: ember train RECIPE [flags]; RECIPE --help lists its flags",
                    add_help=False)
+    sub.add_parser("board", help="serve the runs with TensorBoard: ember board [LOGDIR] [--port N]", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "board":
+        from ember.board import main as board
+
+        return board(rest)
     if args.command == "list":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -17,7 +17,10 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
+from ember.callbacks import TensorBoardLogger
 from ember.callbacks.graceful_stop import GracefulStop
+from ember.callbacks.pictures import EvalPictures
+from ember.callbacks.tensorboard import CorrectCounter
 from ember.engine import Engine, create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader
 from ember.recipes.data import load_dataset
@@ -109,6 +112,12 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--logdir", default=None,
                    help="TensorBoard folder (default: runs/<recipe>/<run-id>, paired with the checkpoint folder)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="do not log to TensorBoard")
+    p.add_argument("--log-every", type=_positive_int, default=100, metavar="ITERS",
+                   help="iterations between TensorBoard's per-iteration points (loss, LR, gradient norm)")
+    p.add_argument("--images", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorBoard pictures of each evaluation: confusion matrix, misclassified test images")
+    p.add_argument("--histograms", action="store_true", help="TensorBoard histograms of weights and gradients")
+    p.add_argument("--graph", action="store_true", help="the model graph in TensorBoard")
     p.add_argument("--checkpoint-dir", default=None,
                    help="the run's checkpoint folder (default: checkpoints/<recipe>/<run-id>, a new one per run)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="ITERS",
@@ -164,10 +173,14 @@ class RunContext:
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
         seed_everything(args.seed)
+        self.classes: list[str] | None = None
+        self.correct: CorrectCounter | None = None
 
     def dataset(self, train: bool, name: str | None = None) -> Any:
-        """The recipe's dataset (or `name`), found as the data flags say."""
-        return load_dataset(name or self.recipe.dataset, train=train, root=self.args.data_root)
+        """The recipe's dataset (or `name`), found as the data flags say; its class names are kept for pictures."""
+        dataset = load_dataset(name or self.recipe.dataset, train=train, root=self.args.data_root)
+        self.classes = self.classes or getattr(dataset, "classes", None)
+        return dataset
 
     def loader(self, train: bool, *, shuffle: bool | None = None, batch_size: int | None = None,
                normalize: tuple | None = None, resize: int | None = None, name: str | None = None) -> Any:
@@ -203,14 +216,21 @@ class RunContext:
         kwargs.setdefault("cuda_graph", self.args.cuda_graph)
         kwargs.setdefault("channels_last", self.args.channels_last)
         kwargs.setdefault("compile", self.args.compile)
+        if self.args.tensorboard:
+            loss_fn = self.correct = CorrectCounter(loss_fn)  # the training accuracy, counted on the device
         return create_trainer(model, optimizer, loss_fn, self.device, amp=self.args.amp, **kwargs)
 
-    def evaluator(self, model: nn.Module, loss_fn: Callable) -> Engine:
-        """An evaluator computing accuracy and average loss with ignite's metrics on the device."""
+    def evaluator(self, model: nn.Module, loss_fn: Callable, metrics: dict[str, Any] | None = None) -> Engine:
+        """An evaluator computing `metrics` (default: accuracy and average loss with ignite's metrics) on the
+        device, and with TensorBoard and --images the pictures of each evaluation."""
         from ignite.metrics import Accuracy, Loss
 
-        metrics = {"accuracy": Accuracy(device=self.device), "loss": Loss(loss_fn, device=self.device)}
-        return create_evaluator(model, metrics, self.device, amp=self.args.amp)
+        if metrics is None:
+            metrics = {"accuracy": Accuracy(device=self.device), "loss": Loss(loss_fn, device=self.device)}
+        evaluator = create_evaluator(model, metrics, self.device, amp=self.args.amp)
+        if self.args.tensorboard and self.args.images:
+            evaluator.add(EvalPictures())
+        return evaluator
 
     def fit(self, trainer: Engine, loader: Any, objects: dict[str, Any], *, progress: str = "epoch",
             output_transform: Callable[[Any], Any] | None = None) -> int:
@@ -228,7 +248,7 @@ class RunContext:
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
                 resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-                tensorboard=args.logdir if args.tensorboard else None, hparams=self._hparams(),
+                tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume",
             )
@@ -244,10 +264,28 @@ class RunContext:
         skip = {"resume", "run_id"}
         return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip}}
 
+    def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
+        """The TensorBoard logger of this run, as the TensorBoard flags say."""
+        args = self.args
+        try:
+            return TensorBoardLogger(args.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
+                                     graph=args.graph, model=model, hparams=self._hparams(),
+                                     output_transform=output_transform, correct=self.correct,
+                                     class_names=self.classes)
+        except OSError as exc:
+            raise RecipeError(f"cannot write TensorBoard logs to {args.logdir}: {exc.strerror or exc}; pass --logdir "
+                              "with a folder that can be created and written, or --no-tensorboard") from None
+
     def _hparams(self) -> dict[str, Any]:
-        a = self.args
-        return {"recipe": self.recipe.name, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
-                "seed": a.seed, "amp": a.amp or "none", "data_path": a.data_path}
+        """Every flag that shapes the training (the recipe's own included), not those saying where to log."""
+        flags = {k: v for k, v in vars(self.args).items() if k not in NOT_HPARAMS}
+        return {"recipe": self.recipe.name, **{k: "none" if v is None else v for k, v in flags.items()}}
+
+
+# Flags about where things go and how a run is watched, not about the training itself.
+NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
+                         "resume", "run_id", "progress", "max_iterations", "log_every", "images", "histograms",
+                         "graph"})
 
 
 @contextlib.contextmanager

@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from ignite.metrics import Accuracy
 from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import ExponentialLR, MultiStepLR, ReduceLROnPlateau, StepLR
 
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
-from ember.engine import Events, create_evaluator
+from ember.engine import Events
 from ember.recipes.common import Recipe, RunContext
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
@@ -29,6 +28,8 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
     "multistep": lambda optimizer: MultiStepLR(optimizer, milestones=[10, 30], gamma=0.1),
     "exponential": lambda optimizer: ExponentialLR(optimizer, gamma=0.1),
 }
+# The seed's validation-loss figure in the trainer's metrics (not "val/...": TensorBoard logs the mean there).
+SEED_VALID_LOSS = "seed/valid_loss"
 
 
 class Net(nn.Module):
@@ -100,21 +101,26 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
     trainer.on(Events.EPOCH_STARTED)(train_loss.reset)
     trainer.on(Events.ITERATION_COMPLETED)(lambda e: train_loss.add(e.state.output, len(e.state.batch[1])))
 
-    metrics = {"accuracy": Accuracy(device=run.device), "loss": SeedLoss(loss)}
-    evaluator = create_evaluator(model, metrics, run.device, amp=args.amp)
+    # TensorBoard gets the true mean losses (the trainer's and the evaluator's "loss"); the seed's figures
+    # (SeedLoss) are printed, and the seed's validation figure steps ReduceLROnPlateau.
+    valid_loss = SeedLoss(loss)
+    evaluator = run.evaluator(model, loss)
+    evaluator.on(Events.STARTED)(valid_loss.reset)
+    evaluator.on(Events.ITERATION_COMPLETED)(lambda e: valid_loss.update(e.state.output))
     trainer.add(Evaluate(evaluator, validloader))
 
     @trainer.on(EvalEvents.EVALUATED)
     def report(engine: Any) -> None:
         curr_lr = optimizer.param_groups[0]["lr"]
         m = engine.state.metrics
+        m[SEED_VALID_LOSS] = valid_loss.compute().item()
         # The seed's line, with its loss figures (see SeedLoss); its backslash-continued f-string also
         # printed the source's indentation after each tab, which is left out.
         print(f"Epoch {engine.state.epoch - 1}\t Training Loss: {train_loss.compute().item()}\t "
-              f"Validation Loss:{m['val/loss']}\t LR:{curr_lr}")
+              f"Validation Loss:{m[SEED_VALID_LOSS]}\t LR:{curr_lr}")
         print(f"\t Validation Accuracy: {100 * m['val/accuracy']:.2f}%")
 
-    monitor = "val/loss" if args.scheduler == "plateau" else None
+    monitor = SEED_VALID_LOSS if args.scheduler == "plateau" else None
     trainer.add(LRScheduler(scheduler, monitor=monitor, event=EvalEvents.EVALUATED))
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     return run.fit(trainer, trainloader, objects, progress="run")
