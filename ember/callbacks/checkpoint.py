@@ -19,7 +19,9 @@ from torch import nn
 
 from ember import distributed as dist
 from ember.callbacks.rng import get_rng_state, set_rng_state
+from ember.callbacks.handler_states import HandlerStates
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 FORMAT = "ember-checkpoint"
 FORMAT_VERSION = 1
@@ -301,8 +303,13 @@ class Checkpoint:
     `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
     inside the step saves nothing, since the weights would not match the iteration count.
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
-    `keep_last=None` keeps every file. Attach after any handler that fills the monitored metric on the same event.
+    `keep_last=None` keeps every file. With `save_handlers=True` the state of every stateful handler attached to
+    the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
+    saved as "handlers" and restored on resume (`HandlerStates`). Its `order` runs it after the handlers of the
+    same event that compute what it saves or monitors, whenever they were attached.
     """
+
+    order = order_levels.CHECKPOINT
 
     def __init__(
         self,
@@ -319,6 +326,7 @@ class Checkpoint:
         keep_best: int = 0,
         include_rng: bool = True,
         save_on_exception: bool = False,
+        save_handlers: bool = True,
     ) -> None:
         if not isinstance(objects, Mapping) or not objects:
             raise TypeError("objects must be a non-empty dict of name -> object with state_dict/load_state_dict")
@@ -356,6 +364,7 @@ class Checkpoint:
         self.keep_best = keep_best
         self.include_rng = include_rng
         self.save_on_exception = save_on_exception
+        self.save_handlers = save_handlers
         self.engine: Engine | None = None
         self.last_path: str | None = None
         self._regular: list[tuple[int, str]] = []
@@ -380,6 +389,8 @@ class Checkpoint:
         scaler = getattr(engine, "scaler", None)
         if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
             self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
+        if self.save_handlers and "handlers" not in self.objects:
+            self.objects["handlers"] = HandlerStates(engine, exclude=list(self.objects.values()))
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
         if self.every_iterations is not None:
@@ -635,7 +646,7 @@ class Checkpoint:
         path = os.fspath(path)
         payload = _read(path)
         saved = payload["objects"]
-        objects = _with_engine_scalers(objects, saved)
+        objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
         absent = [name for name in objects if name not in saved]
         problems: list[str] = []
         if absent:
@@ -729,6 +740,16 @@ def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -
             if name in saved:
                 extra[name] = scaler
     return {**objects, **extra} if extra else objects
+
+
+def _with_engine_handlers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`objects` plus a HandlerStates of the engine among them, when the file holds handler states."""
+    if "handlers" not in saved or "handlers" in objects:
+        return objects
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    if engine is None:
+        return objects
+    return {**objects, "handlers": HandlerStates(engine, exclude=list(objects.values()))}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from ember.callbacks.evaluate import register_eval_events
 from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ class EarlyStopping:
     terminates `trainer`. A NaN value never counts as an improvement. The reason is printed and logged,
     and stored as `trainer.state.early_stopped`.
     """
+
+    order = order_levels.READ
 
     def __init__(
         self,

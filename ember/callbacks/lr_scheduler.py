@@ -10,6 +10,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ember.callbacks.evaluate import register_eval_events
 from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 
 class LRScheduler:
@@ -21,6 +22,8 @@ class LRScheduler:
     rate in effect (the one the epoch or iteration just used) is stored in `state.metrics` as `lr`, or as
     `lr/group{i}` when the optimizer has several parameter groups.
     """
+
+    order = order_levels.COMPUTE
 
     def __init__(
         self, scheduler: Any, *, per: str = "epoch", monitor: str | None = None, event: Any | None = None

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ember import distributed as dist
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 
 def as_float(value: Any) -> float | None:
@@ -44,6 +45,8 @@ class ProgressBar:
     one-element tensor; other outputs (an evaluator's `(y_pred, y)`) show no postfix. Extra keyword
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
+
+    order = order_levels.READ
 
     def __init__(
         self,

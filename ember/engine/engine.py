@@ -91,6 +91,11 @@ class Engine:
         self._iter: Iterator | None = None
         self._init_iter: int | None = None
 
+    @property
+    def _event_handlers(self) -> dict[Any, list[tuple[Callable, tuple, dict]]]:
+        """Ignite's view of the registered handlers: event -> [(handler, args, kwargs)] in running order."""
+        return {e: [(h.handler, h.args, h.kwargs) for h in hs] for e, hs in self._handlers.items()}
+
     # ------------------------------------------------------------------ handlers
     def register_events(self, *event_names: str | EventEnum, event_to_attr: dict | None = None) -> None:
         """Allow custom events to be fired with `fire_event`; `event_to_attr` names the State counter of each."""

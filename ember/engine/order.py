@@ -1,0 +1,38 @@
+"""Where a handler runs among the handlers of one event: lower `order` first, ties in attachment order.
+
+A handler declares its place with an `order` attribute (on the function, or on the object of a bound
+method), or `engine.add(callback, order=...)` sets it for every handler the callback attaches. Handlers
+without one, Ignite's included, have order DEFAULT (0) and keep Ignite's attachment-order semantics among
+themselves. ember's own handlers take the levels below, so that the ones that compute run before the
+ones that read what was computed, and the checkpoint runs after every handler whose state it saves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIRST = -1000
+"""Restores state before anything else runs (HandlerStates at STARTED)."""
+GUARD = -300
+"""Stops a run that went wrong before other handlers act on it (TerminateOnNan)."""
+EVALUATE = -200
+"""Computes validation metrics (Evaluate)."""
+COMPUTE = -100
+"""Computes from the step or the metrics: LR scheduling, timing and throughput."""
+DEFAULT = 0
+"""Handlers that declare nothing: user functions and Ignite's handlers."""
+READ = 100
+"""Reads what was computed: printers, loggers, progress bars, early stopping."""
+CHECKPOINT = 200
+"""Saves the run, after every handler whose state it holds (Checkpoint)."""
+LAST = 1000
+"""Runs after everything (graceful stop, which ends the run)."""
+
+
+def order_of(handler: Any) -> int:
+    """The declared order of a handler callable: its own `order`, its bound object's, else DEFAULT."""
+    for holder in (handler, getattr(handler, "__self__", None), getattr(handler, "func", None)):
+        value = getattr(holder, "order", None) if holder is not None else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return DEFAULT
