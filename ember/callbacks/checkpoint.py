@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks.rng import get_rng_state, set_rng_state
 from ember.callbacks.handler_states import HandlerStates
+from ember.callbacks.rng import get_rng_state, set_rng_state
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
 
