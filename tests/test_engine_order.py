@@ -105,5 +105,6 @@ def test_plan_lists_each_event_in_running_order_with_filters_and_orders(tmp_path
         [str(levels.CHECKPOINT), "Checkpoint._on_event"],
     ]
     assert completed[-1].endswith("[every=100]")
-    assert "       0  test_plan_lists_each_event_in_running_order_with_filters_and_orders.log_lr  [once=[3, 5]]" in lines
+    name = "test_plan_lists_each_event_in_running_order_with_filters_and_orders.log_lr"
+    assert f"       0  {name}  [once=[3, 5]]" in lines
     assert lines.index("STARTED") < lines.index("ITERATION_STARTED") < lines.index("ITERATION_COMPLETED")
