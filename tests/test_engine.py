@@ -4,10 +4,11 @@ import copy
 
 import pytest
 import torch
+from ignite.engine import Engine as IgniteEngine
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss, TopKCategoricalAccuracy
 from torch import nn
 
-from ember.engine import Engine, Events, State, create_evaluator, create_trainer
+from ember.engine import Engine, Events, State, create_evaluator, create_trainer, exception_observer
 
 
 def test_handler_receives_engine_unless_it_takes_no_argument():
@@ -22,7 +23,7 @@ def test_handler_receives_engine_unless_it_takes_no_argument():
 
 def test_bad_handler_signature_is_rejected_at_registration():
     engine = Engine(lambda e, b: b)
-    with pytest.raises(ValueError, match="cannot be called with the engine"):
+    with pytest.raises(ValueError, match="takes parameters .* but will be called with"):
         engine.add_event_handler(Events.STARTED, lambda a, b, c: None)
 
 
@@ -77,7 +78,7 @@ def test_filter_arguments_are_validated():
         Events.ITERATION_COMPLETED(event_filter=3)
 
 
-def test_exception_fires_exception_raised_then_propagates_unchanged():
+def test_exception_fires_exception_raised_and_a_handler_that_reraises_propagates_it_unchanged():
     boom = RuntimeError("boom")
 
     def step(e, b):
@@ -87,12 +88,56 @@ def test_exception_fires_exception_raised_then_propagates_unchanged():
 
     engine = Engine(step)
     seen = []
-    engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: seen.append((e.state.iteration, exc)))
+
+    def reraise(e, exc):
+        seen.append((e.state.iteration, exc))
+        raise exc
+
+    engine.add_event_handler(Events.EXCEPTION_RAISED, reraise)
     with pytest.raises(RuntimeError) as info:
         engine.run([1, 2, 3, 4])
     assert info.value is boom
-    assert seen == [(3, boom)]
+    assert seen[0] == (3, boom)
     assert any("iteration 3" in note for note in boom.__notes__)
+
+
+def test_a_handler_that_returns_has_handled_the_exception_as_in_ignite():
+    def step(e, b):
+        if e.state.iteration == 2:
+            raise KeyboardInterrupt
+        return b
+
+    engine = Engine(step)
+    seen = []
+    engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: (seen.append(type(exc)), e.terminate()))
+    state = engine.run([1, 2, 3, 4], max_epochs=2)
+    assert seen == [KeyboardInterrupt] and state.iteration == 2
+
+
+@pytest.mark.parametrize("engine_cls", [Engine, IgniteEngine], ids=["ember", "ignite"])
+def test_exception_observers_never_swallow_and_never_handle(engine_cls):
+    calls = []
+
+    class Observer:
+        @exception_observer
+        def on_exc(self, engine, exc):
+            calls.append(exc)
+
+    def step(e, b):
+        raise ValueError("step")
+
+    for user_handler in (False, True):
+        engine = engine_cls(step)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, Observer().on_exc)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, Observer().on_exc)
+        if user_handler:
+            engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: e.terminate())
+            engine.run([1, 2])
+            assert engine.should_terminate
+        else:
+            with pytest.raises(ValueError, match="step"):
+                engine.run([1, 2])
+    assert len(calls) == 4, "each observer runs once per exception"
 
 
 def test_exception_without_handler_propagates():
@@ -120,7 +165,7 @@ def test_state_dict_round_trip_and_resume_mid_epoch_sees_remaining_batches():
     engine.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())
     engine.run(list(range(4)), max_epochs=3)
     sd = copy.deepcopy(engine.state_dict())
-    assert sd == {"epoch": 2, "iteration": 6, "max_epochs": 3, "epoch_length": 4, "seed": 7}
+    assert sd == {"iteration": 6, "max_epochs": 3, "epoch_length": 4, "seed": 7}
 
     resumed_seen = []
     resumed = Engine(lambda e, b: resumed_seen.append(b))
@@ -137,7 +182,7 @@ def test_run_again_with_larger_max_epochs_continues():
     assert (engine.state.epoch, engine.state.iteration) == (3, 6)
     engine.run([1, 2], max_epochs=3)
     assert (engine.state.epoch, engine.state.iteration) == (3, 6)
-    with pytest.raises(ValueError, match="smaller than the current epoch"):
+    with pytest.raises(ValueError, match="max_epochs should be greater than or equal to the start epoch"):
         engine.run([1, 2], max_epochs=1)
 
 

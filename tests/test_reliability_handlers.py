@@ -40,7 +40,12 @@ def setup(tmp_path, first=None):
     ckpt = trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path / "ckpt", every_epochs=1,
                                   save_on_exception=True))
     seen = []
-    trainer.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, exc: seen.append(exc))
+
+    def record_and_reraise(engine, exc):
+        seen.append(exc)
+        raise exc  # in Ignite (and ember) a handler that returns would have handled the exception
+
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, record_and_reraise)
     data = [(torch.randn(3, 4), torch.randn(3, 2)) for _ in range(6)]
     return model, trainer, logger, ckpt, seen, data
 
@@ -74,7 +79,7 @@ def test_handler_fault_fires_exception_raised_closes_tensorboard_and_saves_the_l
     assert trainer.state.iteration == step
     assert logger.writer.all_writers is None, "the SummaryWriter was not closed"
     # the failing handler ran before the logger's on its event: iteration 9's loss was never logged
-    last_logged = step - 1 if event.event is Events.ITERATION_COMPLETED else step
+    last_logged = step - 1 if event == Events.ITERATION_COMPLETED else step
     assert logged_steps(tmp_path / "tb") == list(range(1, last_logged + 1)), "every logged loss is on disk"
     saved = load_payload(tmp_path / "ckpt" / f"checkpoint_{step:09d}.pt")
     assert saved["step"] == step and saved["objects"]["trainer"]["iteration"] == step

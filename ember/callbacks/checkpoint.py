@@ -20,7 +20,7 @@ from torch import nn
 from ember import distributed as dist
 from ember.callbacks.handler_states import HandlerStates
 from ember.callbacks.rng import get_rng_state, set_rng_state
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 
 FORMAT = "ember-checkpoint"
@@ -427,6 +427,7 @@ class Checkpoint:
     def _on_event(self, engine: Engine) -> None:
         self.save(engine)
 
+    @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         if engine.state.output is None:
             # The engine clears the output after fetching a batch and sets it when the step returns: the

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from ember.callbacks.loss_printer import as_number
-from ember.engine import Engine, EventEnum, Events, FilteredEvent
+from ember.engine import CallableEventWithFilter, Engine, EventEnum, Events
 from ember.engine import order as order_levels
 
 # `Test Error: \n Accuracy: 49.9%, Avg loss: 2.116347 \n` (seed 000), for metrics named accuracy and loss.
@@ -23,9 +23,11 @@ class EvalEvents(EventEnum):
 
 def register_eval_events(engine: Engine, event: Any) -> None:
     """Register `event` on `engine` when it is an EvalEvents member, so handlers may attach before Evaluate."""
-    base = event.event if isinstance(event, FilteredEvent) else event
-    if isinstance(base, EvalEvents) and not engine.has_registered_events(base):
-        engine.register_events(base)
+    if not isinstance(event, CallableEventWithFilter) or engine.has_registered_events(event):
+        return
+    for member in EvalEvents:
+        if member == event:  # a filtered event equals its base event
+            engine.register_events(member)
 
 
 class Evaluate:

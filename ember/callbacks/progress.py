@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ember import distributed as dist
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 
 
@@ -156,6 +156,7 @@ class ProgressBar:
         bar.update(engine.state.epoch - bar.n)
         bar.refresh()
 
+    @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         self.close()
 

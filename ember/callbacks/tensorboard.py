@@ -10,7 +10,7 @@ import torch
 
 from ember import distributed as dist
 from ember.callbacks.progress import as_float
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, exception_observer
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -125,6 +125,7 @@ class TensorBoardLogger:
             self.writer.add_hparams(dict(self.hparams), final, run_name=".", global_step=engine.state.epoch)
         self.close()
 
+    @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         self.close()
 

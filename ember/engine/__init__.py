@@ -1,11 +1,19 @@
-"""The engine: Engine, Events and filters, State, and the trainer/evaluator step factories."""
+"""The engine: Engine (an ignite.engine.Engine), Ignite's Events and State, and the step factories."""
 
-from ember.engine.engine import Engine, RemovableEventHandle
-from ember.engine.events import EventEnum, Events, EventsList, FilteredEvent
-from ember.engine.state import State
+from ember.engine.engine import Engine, exception_observer
+from ember.engine.events import (
+    CallableEventWithFilter,
+    EventEnum,
+    Events,
+    EventsList,
+    FilteredEvent,
+    RemovableEventHandle,
+    State,
+)
 from ember.engine.steps import create_evaluator, create_trainer, default_prepare_batch
 
 __all__ = [
+    "CallableEventWithFilter",
     "Engine",
     "EventEnum",
     "Events",
@@ -16,4 +24,5 @@ __all__ = [
     "create_evaluator",
     "create_trainer",
     "default_prepare_batch",
+    "exception_observer",
 ]

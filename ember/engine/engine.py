@@ -1,63 +1,33 @@
-"""The Engine: runs a process function over batches and fires events for handlers, with Ignite's semantics."""
+"""The Engine: Ignite's Engine with ember's loop (precomputed dispatch, exact mid-epoch resume).
+
+`ember.Engine` subclasses `ignite.engine.Engine` and keeps all of Ignite's API and bookkeeping
+(`_event_handlers`, `_allowed_events`, `last_event_name`, `state_dict_user_keys`, `logger`, the `should_*`
+flags, `interrupt()`, `set_data`, `run(max_iters=)`, the state_dict format), so every Ignite handler, metric
+and logger attaches to it. It replaces only the run loop and the dispatch of the four per-iteration events:
+their handlers are compiled into plain calls (see `ember.engine.dispatch`), rebuilt only when handlers change,
+and termination flags are checked through one attribute that is set only when a flag is raised.
+"""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
-from ember.engine.events import EVENT_TO_ATTR, EventEnum, Events, EventsList, FilteredEvent
-from ember.engine.state import State
+from ignite.engine import Engine as IgniteEngine
+from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSingleEpochException, _get_none_data_iter
+from ignite.engine.events import Events, EventsList, RemovableEventHandle, State
+from ignite.engine.utils import _to_hours_mins_secs
+
+from ember.engine import plan
+from ember.engine.dispatch import HandlerDict, compile_dispatch
+from ember.engine.plan import place_last_entry
 
 ProcessFunction = Callable[["Engine", Any], Any]
-
-
-class _Terminate(Exception):
-    """Raised inside the loop to unwind to TERMINATE."""
-
-
-class _TerminateEpoch(Exception):
-    """Raised inside the loop to unwind to TERMINATE_SINGLE_EPOCH."""
-
-
-class _Handler:
-    """One registered handler, with its engine-first binding resolved once at registration."""
-
-    __slots__ = ("handler", "prefix", "args", "kwargs", "call", "filter", "attr", "every")
-
-    def __init__(self, handler: Callable, prefix: tuple, args: tuple, kwargs: dict, flt: Any, attr: str | None):
-        self.handler = handler
-        self.prefix = prefix
-        self.args = args
-        self.kwargs = kwargs
-        self.call = functools.partial(handler, *prefix, *args, **kwargs)
-        self.filter = flt
-        self.attr = attr
-        self.every = getattr(flt, "every", 0) if attr is not None else 0
-
-
-class RemovableEventHandle:
-    """Returned by `add_event_handler`; `remove()` (or leaving a `with` block) detaches the handler."""
-
-    def __init__(self, engine: Engine, event: Any, entry: _Handler) -> None:
-        self._engine = engine
-        self._event = event
-        self._entry = entry
-
-    def remove(self) -> None:
-        """Detach the handler; removing twice is harmless."""
-        handlers = self._engine._handlers.get(self._event, [])
-        if self._entry in handlers:
-            handlers.remove(self._entry)
-
-    def __enter__(self) -> RemovableEventHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
+              Events.ITERATION_COMPLETED)
 
 
 def describe(obj: Any, depth: int = 0) -> str:
@@ -74,221 +44,170 @@ def describe(obj: Any, depth: int = 0) -> str:
     return type(obj).__name__
 
 
-class Engine:
-    """Runs `process_function(engine, batch)` over data for some epochs, firing `Events` to attached handlers."""
+def exception_observer(fn: Callable) -> Callable:
+    """Mark an `EXCEPTION_RAISED` handler that only observes (saves, closes files) and never handles.
+
+    In Ignite an attached `EXCEPTION_RAISED` handler that returns has handled the exception. ember's own
+    handlers must not change whether an exception propagates: ember's Engine ignores observers when it decides;
+    on a plain `ignite.engine.Engine` the last observer re-raises when no other handler is attached. An observer
+    runs once per exception even where Ignite fires the event twice (inside an epoch, then around the run).
+    """
+
+    @functools.wraps(fn)
+    def observer(*args: Any) -> None:
+        engine, exc = args[-2], args[-1]
+        seen = exc.__dict__.setdefault("_ember_observed", set())
+        key = (id(args[0]), id(observer)) if len(args) > 2 else id(observer)
+        if key not in seen:
+            seen.add(key)
+            fn(*args)
+        if not isinstance(engine, Engine) and _last_of_only_observers(engine, observer, args):
+            raise exc
+
+    observer._ember_observer = True  # type: ignore[attr-defined]
+    return observer
+
+
+def _last_of_only_observers(engine: Any, observer: Callable, args: tuple) -> bool:
+    entries = engine._event_handlers.get(Events.EXCEPTION_RAISED, [])
+    if not entries or not all(getattr(f, "_ember_observer", False) for f, _, _ in entries):
+        return False
+    last = entries[-1][0]
+    return getattr(last, "__func__", last) is observer and (len(args) == 2 or last.__self__ is args[0])
+
+
+def _flag(name: str) -> property:
+    """A termination flag that also raises the engine's one `_attn` attribute, which the loop polls."""
+    slot = "_" + name
+
+    def get(self: Engine) -> Any:
+        return self.__dict__.get(slot, False)
+
+    def set_(self: Engine, value: Any) -> None:
+        self.__dict__[slot] = value
+        if value:
+            self._attn = True
+
+    return property(get, set_, doc=f"Ignite's `{name}` flag.")
+
+
+class Engine(IgniteEngine):
+    """Runs `process_function(engine, batch)` over data for some epochs, firing `Events` to attached handlers.
+
+    A drop-in `ignite.engine.Engine`: same events, order, counters, filters, handles, state and state_dict.
+    Differences: resuming mid-epoch from a state_dict skips the batches already seen (Ignite replays the
+    epoch from its first batch), and ember's own exception observers never swallow an exception.
+    """
+
+    should_terminate = _flag("should_terminate")
+    should_terminate_single_epoch = _flag("should_terminate_single_epoch")
+    should_interrupt = _flag("should_interrupt")
 
     def __init__(self, process_function: ProcessFunction) -> None:
-        if not callable(process_function):
-            raise TypeError(f"process_function must be callable as fn(engine, batch), got {process_function!r}")
-        self._process_function = process_function
-        self.state = State()
-        self.should_terminate: bool | str = False
-        self.should_terminate_single_epoch: bool | str = False
-        self._allowed: set[Any] = set(Events)
-        self._event_to_attr: dict[Any, str] = dict(EVENT_TO_ATTR)
-        self._fire_counts: dict[Any, int] = {}
-        self._handlers: dict[Any, list[_Handler]] = {e: [] for e in Events}
-        self._iter: Iterator | None = None
-        self._init_iter: int | None = None
+        self._attn = True
+        self._dispatch: tuple | None = None
+        super().__init__(process_function)
 
+    # ------------------------------------------------------------------ bookkeeping
     @property
-    def _event_handlers(self) -> dict[Any, list[tuple[Callable, tuple, dict]]]:
-        """Ignite's view of the registered handlers: event -> [(handler, args, kwargs)] in running order."""
-        return {e: [(h.handler, h.args, h.kwargs) for h in hs] for e, hs in self._handlers.items()}
+    def _event_handlers(self) -> HandlerDict:
+        return self.__dict__["_ember_handlers"]
 
-    # ------------------------------------------------------------------ handlers
-    def register_events(self, *event_names: str | EventEnum, event_to_attr: dict | None = None) -> None:
-        """Allow custom events to be fired with `fire_event`; `event_to_attr` names the State counter of each."""
-        for name in event_names:
-            if not isinstance(name, (str, EventEnum)):
-                raise TypeError(f"custom events must be str or EventEnum members, got {name!r}")
-            self._allowed.add(name)
-            self._handlers.setdefault(name, [])
-            if event_to_attr and name in event_to_attr:
-                attr = event_to_attr[name]
-                self._event_to_attr[name] = attr
-                if not hasattr(self.state, attr):
-                    setattr(self.state, attr, 0)
+    @_event_handlers.setter
+    def _event_handlers(self, value: Mapping) -> None:
+        self.__dict__["_ember_handlers"] = HandlerDict(self, value)
+        self._handlers_changed()
 
-    def has_registered_events(self, event: Any) -> bool:
-        """True if `event` may be fired on this engine."""
-        return event in self._allowed
+    def _handlers_changed(self) -> None:
+        self._dispatch = None
+        self._attn = True
 
-    def add_event_handler(self, event: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
-        """Call `handler(engine, *args, **kwargs)` (or `handler(*args, **kwargs)`) whenever `event` fires."""
-        if isinstance(event, EventsList):
-            handles = [self.add_event_handler(e, handler, *args, **kwargs) for e in event]
-            return _MultiHandle(handles)  # type: ignore[return-value]
-        flt = None
-        if isinstance(event, FilteredEvent):
-            event, flt = event.event, event.filter
-        if event not in self._allowed:
+    def _handler_wrapper(self, handler: Callable, event_name: Any, event_filter: Callable) -> Callable:
+        wrapper = super()._handler_wrapper(handler, event_name, event_filter)
+        wrapper._ember_filtered = (handler, event_filter)  # type: ignore[attr-defined]
+        return wrapper
+
+    def _assert_allowed_event(self, event_name: Any) -> None:
+        if event_name not in self._allowed_events:
+            self.logger.error(f"attempt to add event handler to an invalid event {event_name}")
             raise ValueError(
-                f"Unknown event {event!r}: register custom events first with engine.register_events({event!r})"
+                f"Event {event_name} is not a valid event for this {self.__class__.__name__}. Register custom "
+                f"events first with engine.register_events(...); built-in events come from ignite.engine.Events"
             )
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
-        extra = ("exception",) if event is Events.EXCEPTION_RAISED else ()
-        prefix = (self,) if self._takes_engine(handler, extra, args, kwargs) else ()
-        attr = self._event_to_attr.get(event) if flt is not None else None
-        entry = _Handler(handler, prefix, args, kwargs, flt, attr)
-        self._handlers[event].append(entry)
-        return RemovableEventHandle(self, event, entry)
 
-    def _takes_engine(self, handler: Callable, extra: tuple, args: tuple, kwargs: dict) -> bool:
-        try:
-            sig = inspect.signature(handler)
-        except (TypeError, ValueError):
-            return True
-        try:
-            sig.bind(self, *extra, *args, **kwargs)
-            return True
-        except TypeError:
-            pass
-        try:
-            sig.bind(*extra, *args, **kwargs)
-            return False
-        except TypeError:
-            name = getattr(handler, "__qualname__", repr(handler))
-            raise ValueError(
-                f"Handler {name}{sig} cannot be called with the engine{' and the exception' if extra else ''}"
-                f" plus args={args!r} kwargs={kwargs!r}; give it a first parameter for the engine"
-            ) from None
+    def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
+        """Ignite's `add_event_handler`, with the handler placed by its declared `order` (see `ember.engine.order`):
+        after every handler of the event with a lower or equal order, so ties keep attachment order."""
+        handle = super().add_event_handler(event_name, handler, *args, **kwargs)
+        if not isinstance(event_name, EventsList):
+            place_last_entry(self._event_handlers[event_name])
+        return handle
 
-    def on(self, event: Any, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
-        """Decorator form of `add_event_handler`."""
-
-        def decorator(fn: Callable) -> Callable:
-            self.add_event_handler(event, fn, *args, **kwargs)
-            return fn
-
-        return decorator
-
-    def has_event_handler(self, handler: Callable, event: Any | None = None) -> bool:
-        """True if `handler` is attached (to `event`, or to any event)."""
-        events = [event.event if isinstance(event, FilteredEvent) else event] if event is not None else self._handlers
-        return any(h.handler == handler for e in events for h in self._handlers.get(e, []))
-
-    def remove_event_handler(self, handler: Callable, event: Any) -> None:
-        """Detach every registration of `handler` on `event`."""
-        event = event.event if isinstance(event, FilteredEvent) else event
-        handlers = self._handlers.get(event, [])
-        kept = [h for h in handlers if h.handler != handler]
-        if len(kept) == len(handlers):
-            raise ValueError(f"{handler!r} is not attached to {event!r}")
-        handlers[:] = kept
-
-    def add(self, callback: Any) -> Any:
-        """Attach a callback object (anything with `attach(engine)`) and return it."""
+    def add(self, callback: Any, order: int | None = None) -> Any:
+        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers."""
+        if order is not None:
+            callback.order = order
         callback.attach(self)
         return callback
 
-    def fire_event(self, event: Any) -> None:
-        """Fire a registered (custom or built-in) event now, running its handlers."""
-        if event not in self._allowed:
-            raise ValueError(f"Unknown event {event!r}: register it first with engine.register_events")
-        self._fire(event)
+    def describe(self) -> str:
+        """The plan of a run: per event, in firing order, the handlers that will run, in order, with their order
+        values and filters (`print(trainer.describe())`, or `ember train NAME --show-plan`)."""
+        return plan.describe(self)
 
-    def _fire(self, event: Any, *event_args: Any) -> None:
-        self._fire_handlers(self._handlers[event], event, event_args)
-
-    def _fire_handlers(self, handlers: list[_Handler], event: Any, event_args: tuple = ()) -> None:
-        if not isinstance(event, Events):
-            self._fire_counts[event] = self._fire_counts.get(event, 0) + 1
-        state = self.state
-        for h in handlers[:]:
-            if h.filter is not None:
-                if h.every:
-                    if getattr(state, h.attr) % h.every:
-                        continue
-                elif not h.filter(self, getattr(state, h.attr) if h.attr else self._fire_counts.get(event, 0)):
-                    continue
-            if event_args:
-                h.handler(*h.prefix, *event_args, *h.args, **h.kwargs)
+    def _hot_dispatch(self) -> tuple:
+        """The per-iteration events' dispatch functions (None where nothing runs), rebuilt after a change."""
+        if self._dispatch is None:
+            if type(self)._fire_event is not IgniteEngine._fire_event:
+                self._dispatch = tuple(functools.partial(self._fire_event, ev) for ev in HOT_EVENTS)
             else:
-                h.call()
+                handlers = self._event_handlers
+                self._dispatch = tuple(compile_dispatch(self, ev, handlers.get(ev)) for ev in HOT_EVENTS)
+        return self._dispatch
 
-    # ------------------------------------------------------------------ control
-    def terminate(self, skip_completed: bool = False) -> None:
-        """Stop the run after the current iteration; TERMINATE then COMPLETED (unless skipped) fire."""
-        self.should_terminate = "skip_completed" if skip_completed else True
+    # ------------------------------------------------------------------ exceptions
+    def _handle_exception(self, e: BaseException) -> None:
+        """Ignite's rule (an attached `EXCEPTION_RAISED` handler handles it), with observers not counting."""
+        handlers = self._event_handlers
+        dispatched = e.__dict__.setdefault("_ember_dispatched", set())
+        if Events.EXCEPTION_RAISED not in handlers or id(self) in dispatched:
+            raise e  # no handler, or a handler re-raised it: Ignite would fire the event again, ember once
+        dispatched.add(id(self))
+        handled = any(not getattr(f, "_ember_observer", False) for f, _, _ in handlers[Events.EXCEPTION_RAISED])
+        self._fire_event(Events.EXCEPTION_RAISED, e)
+        if not handled:
+            raise e
 
-    def terminate_epoch(self, skip_epoch_completed: bool = False) -> None:
-        """End the current epoch after the current iteration; the run goes on with the next epoch."""
-        self.should_terminate_single_epoch = "skip_epoch_completed" if skip_epoch_completed else True
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Any:
+        """Ignite's state_dict, plus `seed` when one is set (Ignite's loader accepts the extra key)."""
+        sd = super().state_dict()
+        if self.state.seed is not None and "seed" not in sd:
+            sd["seed"] = self.state.seed
+        return sd
 
-    def state_dict(self) -> dict[str, Any]:
-        """Counters needed to resume: epoch, iteration, max_epochs, epoch_length and seed."""
-        s = self.state
-        return {
-            "epoch": s.epoch,
-            "iteration": s.iteration,
-            "max_epochs": s.max_epochs,
-            "epoch_length": s.epoch_length,
-            "seed": s.seed,
-        }
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Ignite's load_state_dict; also restores `seed`, and the next run resumes at the saved iteration."""
+        super().load_state_dict(state_dict)
+        if "seed" in state_dict:
+            self.state.seed = state_dict["seed"]
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore counters so that the next `run(data)` resumes at `iteration` (mid-epoch included)."""
-        missing = {"iteration", "max_epochs", "epoch_length"} - set(state_dict)
-        if missing:
-            raise ValueError(f"engine state_dict lacks {sorted(missing)}; got keys {sorted(state_dict)}")
-        s = self.state
-        s.iteration = int(state_dict["iteration"])
-        s.epoch_length = state_dict["epoch_length"]
-        s.max_epochs = state_dict["max_epochs"]
-        s.seed = state_dict.get("seed")
-        if s.epoch_length:
-            s.epoch = s.iteration // s.epoch_length
-        else:
-            s.epoch = int(state_dict.get("epoch", 0))
-        if s.max_epochs is not None and s.max_epochs < s.epoch:
-            raise ValueError(f"max_epochs={s.max_epochs} is smaller than the restored epoch {s.epoch}")
-        self._init_iter = None
-        self._iter = None
+    def _setup_engine(self) -> None:
+        """Like Ignite's, but a run resumed mid-epoch skips the batches of this epoch already processed."""
+        if self._init_iter is None:
+            self._init_iter = self.state.iteration % self.state.epoch_length if self.state.epoch_length else 0
+        self._new_iter(skip=self._init_iter)
 
-    # ------------------------------------------------------------------ running
-    def run(
-        self, data: Iterable | None = None, max_epochs: int | None = None, epoch_length: int | None = None
-    ) -> State:
-        """Run over `data` until `max_epochs`; a finished engine restarts, an unfinished one continues."""
-        if data is not None and not isinstance(data, Iterable):
-            raise TypeError(f"data must be an iterable of batches, got {type(data).__name__}")
-        s = self.state
-        if s.max_epochs is not None and max_epochs is not None:
-            if max_epochs < s.epoch:
-                raise ValueError(
-                    f"max_epochs={max_epochs} is smaller than the current epoch {s.epoch}; set "
-                    "engine.state.max_epochs = None to start again from the beginning"
-                )
-            s.max_epochs = max_epochs
-        if s.max_epochs is None or s.is_done():
-            if epoch_length is None and data is not None and hasattr(data, "__len__"):
-                epoch_length = len(data)
-            if epoch_length is None and data is None:
-                raise ValueError("epoch_length is required when data is None")
-            if epoch_length is not None and epoch_length < 1:
-                raise ValueError("data is empty: give at least one batch (or a positive epoch_length)")
-            s.iteration = s.epoch = 0
-            s.max_epochs = 1 if max_epochs is None else max_epochs
-            s.epoch_length = epoch_length
-            self._init_iter = None
-        else:
-            if s.epoch_length is not None and epoch_length is not None and epoch_length != s.epoch_length:
-                raise ValueError(
-                    f"epoch_length cannot change on resume: given {epoch_length}, state has {s.epoch_length}"
-                )
-            if s.epoch_length is None:
-                s.epoch_length = epoch_length if epoch_length is not None else getattr(data, "__len__", lambda: None)()
-            if self.should_terminate:
-                self._init_iter = 0
-        s.dataloader = data
-        return self._run()
+    def _setup_dataloader_iter(self) -> None:
+        self._new_iter()
 
     def _new_iter(self, skip: int = 0) -> None:
+        """A fresh data iterator for the current epoch (samplers get `set_epoch`), `skip` batches in."""
         data = self.state.dataloader
         if data is None:
-            self._iter = _nones(self.state.epoch_length)
+            if self.state.epoch_length is None:
+                raise RuntimeError("epoch_length should be provided if data is None")
+            self._dataloader_iter = _get_none_data_iter(self.state.epoch_length - skip)
             return
         epoch_index = max(self.state.epoch - 1, 0)
         sampler = _sampler_of(data)
@@ -299,134 +218,183 @@ class Engine:
         if skip and hasattr(data, "skip_batches"):
             data.skip_batches(skip)
             skip = 0
-        elif skip and sampler is not None and hasattr(sampler, "skip_samples") and data.batch_size:
+        elif skip and sampler is not None and hasattr(sampler, "skip_samples") and getattr(data, "batch_size", 0):
             sampler.skip_samples(skip * data.batch_size)
             skip = 0
-        self._iter = iter(data)
+        self._dataloader_iter = iter(data)
         for _ in range(skip):
-            next(self._iter)
+            next(self._dataloader_iter)
 
-    def _check(self) -> None:
-        if self.should_terminate:
-            raise _Terminate
-        if self.should_terminate_single_epoch:
-            raise _TerminateEpoch
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        data: Iterable | None = None,
+        max_epochs: int | None = None,
+        max_iters: int | None = None,
+        epoch_length: int | None = None,
+    ) -> State:
+        """Ignite's `run`, with ember's clearer errors for empty or non-iterable data."""
+        if data is not None and not isinstance(data, Iterable):
+            raise TypeError(f"Argument data should be iterable (a list or DataLoader of batches), got "
+                            f"{type(data).__name__}")
+        return super().run(data, max_epochs=max_epochs, max_iters=max_iters, epoch_length=epoch_length)
 
-    def _run(self) -> State:
-        s = self.state
-        self.should_terminate = self.should_terminate_single_epoch = False
-        s.times["EPOCH_COMPLETED"] = s.times["COMPLETED"] = 0.0
-        start = time.perf_counter()
+    def _internal_run(self) -> State:
+        """Ignite's, except that a run that raised leaves no spent generator behind: the next `run` starts."""
+        if self._internal_run_generator is None:
+            self._internal_run_generator = self._internal_run_as_gen()
+        try:
+            return next(self._internal_run_generator)
+        except StopIteration as out:
+            self._internal_run_generator = None
+            return out.value
+        except BaseException:
+            self._internal_run_generator = None
+            raise
+
+    def _attend(self) -> Generator:
+        """The slow path, taken when `_attn` is up: a termination flag, an interrupt, or changed handlers."""
+        self._attn = False
+        yield from self._maybe_terminate_or_interrupt()
+        if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
+            self._attn = True
+
+    def _internal_run_as_gen(self) -> Generator[Any, None, State]:
+        self.should_terminate = self.should_terminate_single_epoch = self.should_interrupt = False
+        self._init_timers(self.state)
+        start_time = time.time()
         try:
             try:
-                self._fire(Events.STARTED)
-                self._check()
-                while not s.is_done() and not self.should_terminate:
-                    s.epoch += 1
-                    t0 = time.perf_counter()
-                    self._fire(Events.EPOCH_STARTED)
-                    self._check()
-                    if self._iter is None:
-                        if self._init_iter is None:
-                            self._init_iter = s.iteration % s.epoch_length if s.epoch_length else 0
-                        self._new_iter(skip=self._init_iter)
-                    self._run_epoch()
-                    s.times["EPOCH_COMPLETED"] = time.perf_counter() - t0
+                self._fire_event(Events.STARTED)
+                yield from self._maybe_terminate_or_interrupt()
+                while not self._is_done(self.state) and not self.should_terminate:
+                    self.state.epoch += 1
+                    handlers_start_time = time.time()
+                    self._fire_event(Events.EPOCH_STARTED)
+                    epoch_time_taken = time.time() - handlers_start_time
+                    yield from self._maybe_terminate_or_interrupt()
+                    if self._dataloader_iter is None:
+                        self._setup_engine()
+                    epoch_time_taken += yield from self._run_once_on_dataset_as_gen()
+                    self.state.times[Events.EPOCH_COMPLETED.name] = epoch_time_taken
                     if self.should_terminate_single_epoch != "skip_epoch_completed":
-                        self._fire(Events.EPOCH_COMPLETED)
-                        s.times["EPOCH_COMPLETED"] = time.perf_counter() - t0
-                    self.should_terminate_single_epoch = False
-                    self._check()
-            except _Terminate:
-                self._fire(Events.TERMINATE)
-            except _TerminateEpoch:
-                raise RuntimeError("terminate_epoch() cannot be called on STARTED or EPOCH_STARTED") from None
-            s.times["COMPLETED"] = time.perf_counter() - start
+                        handlers_start_time = time.time()
+                        self._fire_event(Events.EPOCH_COMPLETED)
+                        epoch_time_taken += time.time() - handlers_start_time
+                        self.state.times[Events.EPOCH_COMPLETED.name] = epoch_time_taken
+                    if self.should_terminate_single_epoch:
+                        self.should_terminate_single_epoch = False
+                    yield from self._maybe_terminate_or_interrupt()
+                    hours, mins, secs = _to_hours_mins_secs(epoch_time_taken)
+                    self.logger.info(
+                        f"Epoch[{self.state.epoch}] Complete. Time taken: {hours:02d}:{mins:02d}:{secs:06.3f}"
+                    )
+            except _EngineTerminateException:
+                self._fire_event(Events.TERMINATE)
+            except _EngineTerminateSingleEpochException:
+                raise RuntimeError(
+                    "The method terminate_epoch() should not be called on Event.STARTED or Event.EPOCH_STARTED; "
+                    "call it from an iteration event"
+                ) from None
+            time_taken = time.time() - start_time
+            self.state.times[Events.COMPLETED.name] = time_taken
             if self.should_terminate != "skip_completed":
-                self._fire(Events.COMPLETED)
-                s.times["COMPLETED"] = time.perf_counter() - start
-        except BaseException as exc:
-            self._iter = None
-            if self._handlers[Events.EXCEPTION_RAISED]:
-                self._fire(Events.EXCEPTION_RAISED, exc)
-            raise
-        self._iter = None
-        return s
+                handlers_start_time = time.time()
+                self._fire_event(Events.COMPLETED)
+                time_taken += time.time() - handlers_start_time
+                self.state.times[Events.COMPLETED.name] = time_taken
+            hours, mins, secs = _to_hours_mins_secs(time_taken)
+            self.logger.info(f"Engine run finished. Time taken: {hours:02d}:{mins:02d}:{secs:06.3f}")
+        except BaseException as e:
+            self._dataloader_iter = None
+            self._dispatch = None
+            self.logger.error(f"Engine run is terminating due to exception: {e}")
+            self._handle_exception(e)
+        self._dataloader_iter = None
+        self._dispatch = None  # drop the compiled calls (and their reference to the engine) between runs
+        return self.state
 
-    def _run_epoch(self) -> None:
-        s = self.state
-        h = self._handlers
-        get_started, get_completed = h[Events.GET_BATCH_STARTED], h[Events.GET_BATCH_COMPLETED]
-        it_started, it_completed = h[Events.ITERATION_STARTED], h[Events.ITERATION_COMPLETED]
-        has_data = s.dataloader is not None
-        process = self._process_function
-        counter = self._init_iter or 0
+    def _run_once_on_dataset_as_gen(self) -> Generator[State, None, float]:
+        start_time = time.time()
+        iter_counter = self._init_iter or 0
         self._init_iter = None
+        state = self.state
+        has_data = state.dataloader is not None
+        process = self._process_function
+        get_started, get_completed, it_started, it_completed = self._hot_dispatch()
         restarted = False
         try:
             while True:
-                s.batch = None
-                if get_started and has_data and not restarted:
-                    self._fire(Events.GET_BATCH_STARTED)
-                    self._check()
+                state.batch = None
+                if get_started is not None and has_data and not restarted:
+                    get_started()
+                    if self._attn:
+                        yield from self._attend()
+                        get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 try:
-                    s.batch = next(self._iter)  # type: ignore[arg-type]
+                    state.batch = next(self._dataloader_iter)  # type: ignore[arg-type]
                 except StopIteration:
-                    if s.epoch_length is None:
-                        s.epoch_length = counter
+                    if state.epoch_length is None:
+                        state.epoch_length = iter_counter
+                        if state.max_iters is not None:
+                            state.max_epochs = -(-state.max_iters // state.epoch_length)
                         break
                     if restarted:
-                        if not s.is_done():
+                        if not self._is_done(state):
+                            total = state.epoch_length * state.max_epochs if state.max_epochs else state.max_iters
                             warnings.warn(
-                                f"data ran out at iteration {s.iteration} before the run's "
-                                f"{s.epoch_length * (s.max_epochs or 1)} iterations; stopping this epoch",
+                                "Data iterator can not provide data anymore but required total number of "
+                                f"iterations to run is not reached. Current iteration: {state.iteration} vs "
+                                f"Total iterations to run : {total}",
                                 stacklevel=2,
                             )
                         break
-                    self._new_iter()
+                    if has_data:
+                        self._fire_event(Events.DATALOADER_STOP_ITERATION)
+                        yield from self._maybe_terminate_or_interrupt()
+                    self._setup_dataloader_iter()
                     restarted = True
                     continue
                 restarted = False
-                s.output = None
-                if get_completed and has_data:
-                    self._fire(Events.GET_BATCH_COMPLETED)
-                    self._check()
-                counter += 1
-                s.iteration += 1
-                if it_started:
-                    self._fire_handlers(it_started, Events.ITERATION_STARTED)
-                    self._check()
+                state.output = None
+                if has_data:
+                    if get_completed is not None:
+                        get_completed()
+                    if self._attn:
+                        yield from self._attend()
+                        get_started, get_completed, it_started, it_completed = self._hot_dispatch()
+                iter_counter += 1
+                state.iteration += 1
+                if it_started is not None:
+                    it_started()
+                    if self._attn:
+                        yield from self._attend()
+                        get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 try:
-                    s.output = process(self, s.batch)
+                    state.output = process(self, state.batch)
                 except Exception as exc:
-                    exc.add_note(f"ember: raised by the process function at epoch {s.epoch}, iteration "
-                                 f"{s.iteration}; batch: {describe(s.batch)}")
+                    exc.add_note(f"ember: raised by the process function at epoch {state.epoch}, iteration "
+                                 f"{state.iteration}; batch: {describe(state.batch)}")
                     raise
-                if it_completed:
-                    self._fire_handlers(it_completed, Events.ITERATION_COMPLETED)
-                if self.should_terminate or self.should_terminate_single_epoch:
-                    self._check()
-                if counter == s.epoch_length:
+                if it_completed is not None:
+                    it_completed()
+                if self._attn:
+                    yield from self._attend()
+                    get_started, get_completed, it_started, it_completed = self._hot_dispatch()
+                if iter_counter == state.epoch_length:
                     break
-        except _TerminateEpoch:
-            self._fire(Events.TERMINATE_SINGLE_EPOCH)
-            self._new_iter()
-
-
-class _MultiHandle:
-    """Handle for a handler attached to several events at once."""
-
-    def __init__(self, handles: list[RemovableEventHandle]) -> None:
-        self._handles = handles
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def _nones(n: int | None) -> Iterator[None]:
-    for _ in range(n or 0):
-        yield None
+                if state.iteration == state.max_iters:
+                    self.should_terminate = True
+                    raise _EngineTerminateException()
+        except _EngineTerminateSingleEpochException:
+            self._fire_event(Events.TERMINATE_SINGLE_EPOCH, iter_counter=iter_counter)
+            self._setup_dataloader_iter()
+        except _EngineTerminateException:
+            raise
+        except Exception as e:
+            self.logger.error(f"Current run is terminating due to exception: {e}")
+            self._handle_exception(e)
+        return time.time() - start_time
 
 
 def _sampler_of(data: Any) -> Any:

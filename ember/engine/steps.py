@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.engine.engine import Engine, describe
+from ember.engine.engine import Engine, describe, exception_observer
 from ember.engine.events import Events
 
 PrepareBatch = Callable[[Any, Any, bool], tuple[Any, Any]]
@@ -376,6 +376,7 @@ def create_evaluator(
             engine.state.metrics[name] = value
         model.train(was_training[0])
 
+    @exception_observer
     def restore_mode(engine: Engine, exc: BaseException) -> None:
         model.train(was_training[0])
 

@@ -202,7 +202,7 @@ class RunContext:
                 f"the checkpoint in {ckpt_dir} has {trainer.state.epoch_length} iterations per epoch but this run has "
                 f"{len(loader)}: resume with the same --batch-size per process and the same number of processes"
             )
-        if resumed and trainer.state.max_epochs is not None and trainer.state.is_done():
+        if resumed and trainer.state.max_epochs is not None and Engine._is_done(trainer.state):
             if args.epochs <= trainer.state.max_epochs:
                 print(f"Nothing to do: the run in {ckpt_dir} already finished {trainer.state.max_epochs} epochs.")
                 return 0

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks import Checkpoint
-from ember.engine import Events, create_trainer
+from ember.engine import Engine, Events, create_trainer
 from ember.engine.fastdata import DeviceLoader
 
 EPOCHS, N, BATCH = 4, 40, 5  # 8 iterations per epoch, 32 in all
@@ -148,7 +148,7 @@ def run(cmd: dict[str, Any]) -> None:
     emit("started", pid=os.getpid(), step=trainer.state.iteration, stray=stray, left=left)
     if cmd.get("pace"):
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda: time.sleep(cmd["pace"]))
-    if trainer.state.max_epochs is None or not trainer.state.is_done():
+    if trainer.state.max_epochs is None or not Engine._is_done(trainer.state):
         trainer.run(loader, max_epochs=EPOCHS)
     if cmd.get("out"):
         torch.save({"model": objects["model"].state_dict(), "optimizer": objects["optimizer"].state_dict(),
