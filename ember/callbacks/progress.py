@@ -46,7 +46,7 @@ class ProgressBar:
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
 
-    order = order_levels.READ
+    order = order_levels.PROGRESS
 
     def __init__(
         self,

@@ -4,7 +4,9 @@ A handler declares its place with an `order` attribute (on the function, or on t
 method), or `engine.add(callback, order=...)` sets it for every handler the callback attaches. Handlers
 without one, Ignite's included, have order DEFAULT (0) and keep Ignite's attachment-order semantics among
 themselves. ember's own handlers take the levels below, so that the ones that compute run before the
-ones that read what was computed, and the checkpoint runs after every handler whose state it saves.
+ones that read what was computed, and the checkpoint runs after every handler whose state it saves. Only
+handlers that read nothing another handler computes run before DEFAULT, so a program that attached its
+handlers in a working order keeps working.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ FIRST = -1000
 """Restores state before anything else runs (HandlerStates at STARTED)."""
 GUARD = -300
 """Stops a run that went wrong before other handlers act on it (TerminateOnNan)."""
+PROGRESS = -250
+"""Shows the step's progress and closes an epoch's bar before evaluation prints its lines (ProgressBar)."""
 EVALUATE = -200
 """Computes validation metrics (Evaluate)."""
 COMPUTE = -100
-"""Computes from the step or the metrics: LR scheduling, timing and throughput."""
+"""Measures the step without reading other handlers' results (Timer, ThroughputMonitor)."""
 DEFAULT = 0
-"""Handlers that declare nothing: user functions and Ignite's handlers."""
+"""Handlers that declare nothing (user functions, Ignite's handlers) and LRScheduler, which may read a metric
+that a user's handler attached before it computes."""
 READ = 100
 """Reads what was computed: printers, loggers, progress bars, early stopping."""
 CHECKPOINT = 200
