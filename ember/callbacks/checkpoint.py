@@ -31,8 +31,10 @@ from ember.checkpoint.format import (
     RecordingFile,
 )
 from ember.checkpoint.format import read as _read
+from ember.checkpoint.handler_states import HandlerStates
 from ember.checkpoint.restore import listed as _listed
 from ember.engine import Engine, Events, exception_observer
+from ember.engine import order as order_levels
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TMP_PREFIX", "Checkpoint", "CheckpointError", "CorruptCheckpointError"]
 
@@ -196,8 +198,13 @@ class Checkpoint:
     `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
     inside the step saves nothing, since the weights would not match the iteration count.
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
-    `keep_last=None` keeps every file. Attach after any handler that fills the monitored metric on the same event.
+    `keep_last=None` keeps every file. With `save_handlers=True` the state of every stateful handler attached to
+    the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
+    saved as "handlers" and restored on resume (`HandlerStates`). Its `order` runs it after the handlers of the
+    same event that compute what it saves or monitors, whenever they were attached.
     """
+
+    order = order_levels.CHECKPOINT
 
     def __init__(
         self,
@@ -214,6 +221,7 @@ class Checkpoint:
         keep_best: int = 0,
         include_rng: bool = True,
         save_on_exception: bool = False,
+        save_handlers: bool = True,
     ) -> None:
         if not isinstance(objects, Mapping) or not objects:
             raise TypeError("objects must be a non-empty dict of name -> object with state_dict/load_state_dict")
@@ -251,6 +259,7 @@ class Checkpoint:
         self.keep_best = keep_best
         self.include_rng = include_rng
         self.save_on_exception = save_on_exception
+        self.save_handlers = save_handlers
         self.engine: Engine | None = None
         self.last_path: str | None = None
         self._regular: list[tuple[int, str]] = []
@@ -280,6 +289,8 @@ class Checkpoint:
         scaler = getattr(engine, "scaler", None)
         if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
             self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
+        if self.save_handlers and "handlers" not in self.objects:
+            self.objects["handlers"] = HandlerStates(engine, exclude=list(self.objects.values()))
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
         if self.every_iterations is not None:

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from ember.callbacks.evaluate import register_eval_events
 from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 logger = logging.getLogger(__name__)
 
@@ -17,12 +18,15 @@ logger = logging.getLogger(__name__)
 class EarlyStopping:
     """Terminates the trainer once `monitor` has gone `patience` checks without improving by `min_delta`.
 
-    Attached to the trainer it checks `trainer.state.metrics[monitor]` at each EPOCH_COMPLETED (attach it
-    after Evaluate, whose metrics it reads) or on `event`, e.g. `EvalEvents.EVALUATED`. Attached to an
+    Attached to the trainer it checks `trainer.state.metrics[monitor]` at each EPOCH_COMPLETED (after
+    Evaluate and the handlers without a declared order, whatever the attach order) or on `event`, e.g.
+    `EvalEvents.EVALUATED`. Attached to an
     evaluator with `trainer=` given, it checks the evaluator's metrics at the end of each of its runs and
     terminates `trainer`. A NaN value never counts as an improvement. The reason is printed and logged,
     and stored as `trainer.state.early_stopped`.
     """
+
+    order = order_levels.READ
 
     def __init__(
         self,
@@ -79,8 +83,8 @@ class EarlyStopping:
         if self.monitor not in metrics:
             raise LookupError(
                 f"EarlyStopping: metric {self.monitor!r} is not in engine.state.metrics (available: "
-                f"{sorted(metrics)}); attach Evaluate before EarlyStopping, check on EvalEvents.EVALUATED, "
-                "or set monitor= to one of the available names"
+                f"{sorted(metrics)}); attach Evaluate (or the handler that computes it) to the same engine, "
+                "check on EvalEvents.EVALUATED, or set monitor= to one of the available names"
             )
         value = float(as_number(metrics[self.monitor]))
         trainer = self.trainer or engine

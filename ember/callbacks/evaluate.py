@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ember.callbacks.loss_printer import as_number
 from ember.engine import CallableEventWithFilter, Engine, EventEnum, Events
+from ember.engine import order as order_levels
 
 # `Test Error: \n Accuracy: 49.9%, Avg loss: 2.116347 \n` (seed 000), for metrics named accuracy and loss.
 SEED000_EVAL_FMT = "Test Error: \n Accuracy: {accuracy_pct:>0.1f}%, Avg loss: {loss:>8f} \n"
@@ -36,8 +37,12 @@ class Evaluate:
     then `event_name` (default `EvalEvents.EVALUATED`) fires on the trainer so that handlers attached to it
     (LRScheduler, EarlyStopping, loggers) run right after each evaluation. With `fmt`, a line is printed:
     its fields are the metric names, `<name>_pct` (the metric times 100) for numeric metrics, and the
-    trainer's epoch, max_epochs and iteration.
+    trainer's epoch, max_epochs and iteration. Every evaluation is kept in `history` (trainer epoch and
+    iteration, metrics); saved in checkpoints, it brings the last validation metrics back into a resumed
+    trainer's `state.metrics` before its first new evaluation.
     """
+
+    order = order_levels.EVALUATE
 
     def __init__(
         self,
@@ -65,11 +70,14 @@ class Evaluate:
         self.file = file
         self.event_name = event_name
         self.metrics: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self._trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
         """Evaluate on `engine`'s EPOCH_COMPLETED (or ITERATION_COMPLETED) and register the custom event."""
         if not engine.has_registered_events(self.event_name):
             engine.register_events(self.event_name)
+        self._trainer = engine
         if self.every_iterations is not None:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_iterations), self.evaluate)
         else:
@@ -79,12 +87,27 @@ class Evaluate:
         """Run the evaluator now, store and print its metrics, fire the event; returns the metrics."""
         state = self.evaluator.run(self.loader)
         self.metrics = dict(state.metrics)
+        self.history.append({"epoch": trainer.state.epoch, "iteration": trainer.state.iteration,
+                             "metrics": self.metrics})
         for name, value in self.metrics.items():
             trainer.state.metrics[self.prefix + name] = value
         if self.fmt is not None:
             print(self.fmt.format(**self._fields(trainer)), file=self.file or sys.stdout)
         trainer.fire_event(self.event_name)
         return self.metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every evaluation so far, metrics as Python numbers (one read of each: a checkpoint syncs anyway)."""
+        return {"history": [{**h, "metrics": {k: as_number(v) for k, v in h["metrics"].items()}}
+                            for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history; the last evaluation's metrics go back into the trainer's `state.metrics`."""
+        self.history = [dict(h) for h in state_dict["history"]]
+        self.metrics = dict(self.history[-1]["metrics"]) if self.history else {}
+        if self._trainer is not None:
+            for name, value in self.metrics.items():
+                self._trainer.state.metrics[self.prefix + name] = value
 
     def _fields(self, trainer: Engine) -> dict[str, Any]:
         fields: dict[str, Any] = {

@@ -10,6 +10,7 @@ from typing import Any
 
 from ember import distributed as dist
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 from ember.engine.fastdata import ignore_stop_signals
 
 # SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
@@ -67,6 +68,8 @@ class GracefulStop:
         check_every: iterations between the ranks' agreement under torchrun.
         abort_on_second_interrupt: a second SIGINT ends the process at once (exit 130).
     """
+
+    order = order_levels.LAST
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ import torch
 
 from ember.distributed import world_size
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 # `loss: 2.290156  [    0/60000]` every 100 batches (seed 000, the PyTorch "Optimizing Model Parameters" tutorial).
 SEED000_FMT = "loss: {loss:>7f}  [{current:>5d}/{size:>5d}]"
@@ -64,6 +65,19 @@ def as_number(value: Any) -> Any:
     return value
 
 
+def resumes_mid_epoch(engine: Engine, saved_iteration: int) -> bool:
+    """True at the EPOCH_STARTED of a run resumed inside the epoch in which a handler's window was saved."""
+    s = engine.state
+    return s.iteration == saved_iteration and bool(s.epoch_length) and s.iteration % s.epoch_length != 0
+
+
+def as_tensor_sum(total: Any, like: torch.Tensor) -> torch.Tensor:
+    """A running sum as a float32 tensor on `like`'s device (a restored sum is a Python float)."""
+    if isinstance(total, torch.Tensor):
+        return total
+    return torch.tensor(total, dtype=torch.float32, device=like.device)
+
+
 def template_fields(fmt: str) -> set[str]:
     """The top-level field names a `str.format` template uses."""
     names = set()
@@ -83,6 +97,8 @@ class LossPrinter:
     world size), size (dataset length), epoch, max_epochs, step (1-based step in the epoch), steps (epoch
     length), iteration.
     """
+
+    order = order_levels.READ
 
     def __init__(
         self,
@@ -105,6 +121,8 @@ class LossPrinter:
         self._fields = template_fields(fmt)
         self._sum: Any = None
         self._count = 0
+        self._iteration = 0
+        self._restored: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         """Print on `engine`'s iterations; with a window, also sum every loss and restart the sum each epoch."""
@@ -113,15 +131,32 @@ class LossPrinter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
 
     def _reset(self, engine: Engine) -> None:
+        restored, self._restored = self._restored, None
+        if restored is not None and resumes_mid_epoch(engine, restored["iteration"]):
+            self._sum, self._count = restored["sum"], restored["count"]
+            return
         self._sum = None
         self._count = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The loss window open at the last iteration (its sum read once: a checkpoint syncs anyway)."""
+        total = self._sum
+        if isinstance(total, torch.Tensor):
+            total = total.item()
+        return {"iteration": self._iteration, "sum": total, "count": self._count}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the saved window when the run resumes at the iteration it was saved at (mid-epoch)."""
+        self._restored = {"iteration": int(state_dict["iteration"]), "sum": state_dict["sum"],
+                          "count": int(state_dict["count"])}
+
     def _on_iteration(self, engine: Engine) -> None:
         step = step_in_epoch(engine)
+        self._iteration = engine.state.iteration
         if self.window:
             loss = loss_of(engine.state.output, self.output_transform)
             if isinstance(loss, torch.Tensor):
-                self._sum = loss.float().clone() if self._sum is None else self._sum.add_(loss)
+                self._sum = loss.float().clone() if self._sum is None else as_tensor_sum(self._sum, loss).add_(loss)
             else:
                 self._sum = loss if self._sum is None else self._sum + loss
             self._count += 1

@@ -10,17 +10,21 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ember.callbacks.evaluate import register_eval_events
 from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 
 class LRScheduler:
     """Steps `scheduler` at every EPOCH_COMPLETED (`per="epoch"`) or ITERATION_COMPLETED (`per="iteration"`).
 
     `ReduceLROnPlateau` is stepped with `engine.state.metrics[monitor]` (e.g. "val/loss" from Evaluate).
-    Handlers of one event run in the order they were attached, so attach Evaluate before LRScheduler, or
-    pass `event=EvalEvents.EVALUATED` to step right after each evaluation. Before each step, the learning
+    Evaluate runs before it on the same event whatever the attach order (its `order` is lower); a metric
+    computed by a handler of your own must be attached before it, or step on `event=EvalEvents.EVALUATED`
+    to step right after each evaluation. Before each step, the learning
     rate in effect (the one the epoch or iteration just used) is stored in `state.metrics` as `lr`, or as
     `lr/group{i}` when the optimizer has several parameter groups.
     """
+
+    order = order_levels.DEFAULT
 
     def __init__(
         self, scheduler: Any, *, per: str = "epoch", monitor: str | None = None, event: Any | None = None
@@ -81,8 +85,8 @@ class LRScheduler:
         if self.monitor not in metrics:
             raise LookupError(
                 f"LRScheduler: metric {self.monitor!r} is not in engine.state.metrics (available: "
-                f"{sorted(metrics)}); attach Evaluate before LRScheduler, step on EvalEvents.EVALUATED, "
-                "or set monitor= to one of the available names"
+                f"{sorted(metrics)}); attach Evaluate (or the handler that computes it) to the same engine, "
+                "step on EvalEvents.EVALUATED, or set monitor= to one of the available names"
             )
         self.scheduler.step(float(as_number(metrics[self.monitor])))
 

@@ -14,6 +14,7 @@ import torch
 from ember.callbacks.loss_printer import step_in_epoch
 from ember.distributed import all_reduce_sum, world_size
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 logger = logging.getLogger(__name__)
 _GUARDS: weakref.WeakKeyDictionary[Engine, list[TerminateOnNan]] = weakref.WeakKeyDictionary()
@@ -68,6 +69,8 @@ class TerminateOnNan:
     Steps after the bad one but before the check still ran: a smaller `check_every` stops sooner. Under
     torchrun the ranks combine their flags at each check (one small all-reduce), so all stop on the same step.
     """
+
+    order = order_levels.GUARD
 
     def __init__(
         self,

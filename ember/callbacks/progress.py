@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ember import distributed as dist
 from ember.callbacks.loss_printer import batch_size_of
 from ember.engine import Engine, Events, exception_observer
+from ember.engine import order as order_levels
 
 
 def as_float(value: Any) -> float | None:
@@ -70,6 +71,8 @@ class ProgressBar:
     one-element tensor; other outputs (an evaluator's `(y_pred, y)`) show no postfix. Extra keyword
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
+
+    order = order_levels.PROGRESS
 
     def __init__(
         self,

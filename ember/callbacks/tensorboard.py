@@ -19,6 +19,7 @@ from ember.callbacks.loss_printer import batch_size_of, loss_of, step_in_epoch
 from ember.callbacks.pictures import CONFUSION_MATRIX, MISCLASSIFIED, confusion_matrix_image, misclassified_grid
 from ember.callbacks.progress import as_float
 from ember.engine import Engine, Events, exception_observer
+from ember.engine import order as order_levels
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -149,6 +150,8 @@ class TensorBoardLogger:
         class_names: names of the classes, for the pictures.
         flush_secs: how often the event files are flushed.
     """
+
+    order = order_levels.READ
 
     def __init__(
         self,

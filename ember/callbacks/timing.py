@@ -10,8 +10,9 @@ from typing import Any, TextIO
 
 import torch
 
-from ember.callbacks.loss_printer import batch_size_of, loss_of, step_in_epoch
+from ember.callbacks.loss_printer import as_tensor_sum, batch_size_of, loss_of, resumes_mid_epoch, step_in_epoch
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 
 # MindSpore's LossMonitor lines at each epoch end (seed 003):
 # `Epoch:[  0/ 10], step:[ 1875/ 1875], loss:[0.189/1.176], time:2.254 ms, lr:0.01000`
@@ -44,8 +45,11 @@ class Timer:
     step. When the output is on a CUDA device nothing waits for the device during the epoch: each step
     records a CUDA event, and at the end of the epoch one synchronize makes the epoch time exact and gives
     the last step's device time from the events. The epoch ends at its last iteration, so evaluation run
-    at EPOCH_COMPLETED is not counted.
+    at EPOCH_COMPLETED is not counted. A run resumed mid-epoch from a checkpoint continues the epoch's
+    clock and counts (`state_dict`), so its epoch time covers the whole epoch, not only the resumed part.
     """
+
+    order = order_levels.COMPUTE
 
     def __init__(self) -> None:
         self._cuda: torch.device | None = None
@@ -56,6 +60,8 @@ class Timer:
         self._step_s = 0.0
         self._count = 0
         self._finished = True
+        self._iteration = 0
+        self._restored: dict[str, Any] | None = None
         self.epoch_s = 0.0
         self.step_ms = 0.0
         self.step_avg_ms = 0.0
@@ -72,13 +78,31 @@ class Timer:
         self._cuda = None
 
     def _epoch_started(self, engine: Engine) -> None:
+        restored, self._restored = self._restored, None
         self._count = 0
         self._finished = False
         self._epoch_start = self._last = time.perf_counter()
+        if restored is not None and resumes_mid_epoch(engine, restored["iteration"]):
+            self._count = restored["count"]
+            self._epoch_start -= restored["elapsed_s"]
+            self._continue_window(restored)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch in progress: its steps and seconds so far (a checkpoint is the only time this is read)."""
+        return {"iteration": self._iteration, "count": self._count, "elapsed_s": self._last - self._epoch_start}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the saved epoch when the run resumes at the iteration it was saved at (mid-epoch)."""
+        self._restored = {**state_dict, "iteration": int(state_dict["iteration"]), "count": int(state_dict["count"]),
+                          "elapsed_s": float(state_dict["elapsed_s"])}
+
+    def _continue_window(self, restored: dict[str, Any]) -> None:
+        """Hook for subclasses: take over their part of a restored epoch."""
 
     def _iteration_completed(self, engine: Engine) -> None:
         if not self._device_known:
             self._find_device(engine)
+        self._iteration = engine.state.iteration
         now = time.perf_counter()
         self._step_s = now - self._last
         self._last = now
@@ -158,9 +182,20 @@ class ThroughputMonitor(Timer):
         self._last_loss: Any = None
 
     def _epoch_started(self, engine: Engine) -> None:
-        super()._epoch_started(engine)
         self.samples = 0
         self._loss_sum = self._last_loss = None
+        super()._epoch_started(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The Timer's epoch plus its samples and loss sums (read once: a checkpoint syncs anyway)."""
+        last, total = self._last_loss, self._loss_sum
+        return {**super().state_dict(), "samples": self.samples,
+                "loss_sum": total.item() if isinstance(total, torch.Tensor) else total,
+                "last_loss": last.item() if isinstance(last, torch.Tensor) else last}
+
+    def _continue_window(self, restored: dict[str, Any]) -> None:
+        self.samples = int(restored.get("samples", 0))
+        self._loss_sum, self._last_loss = restored.get("loss_sum"), restored.get("last_loss")
 
     def _on_step(self, engine: Engine, now: float) -> None:
         self.samples += self.batch_size or batch_size_of(engine.state.batch) or 0
@@ -170,7 +205,8 @@ class ThroughputMonitor(Timer):
         if self.fmt is not None:
             loss = loss_of(engine.state.output, self.output_transform)
             if isinstance(loss, torch.Tensor):
-                self._loss_sum = loss.float().clone() if self._loss_sum is None else self._loss_sum.add_(loss)
+                self._loss_sum = (loss.float().clone() if self._loss_sum is None
+                                  else as_tensor_sum(self._loss_sum, loss).add_(loss))
             else:
                 self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._last_loss = loss

@@ -21,6 +21,7 @@ from ember import distributed as dist
 from ember.callbacks.nan import all_finite
 from ember.callbacks.rng import rng_state_problem, set_rng_state
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, read
+from ember.checkpoint.handler_states import HandlerStates
 from ember.engine import Engine
 
 IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
@@ -37,7 +38,7 @@ def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bo
     """`Checkpoint.load`: check everything, then restore `objects` and the RNG states from `path`."""
     payload = read(path)
     saved = payload["objects"]
-    objects = _with_engine_scalers(objects, saved)
+    objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
     states = _checked_states(path, objects, saved, strict)
     bad = _unusable(path, payload, objects, states, restore_rng)
     if bad:
@@ -205,6 +206,16 @@ def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -
             if name in saved:
                 extra[name] = scaler
     return {**objects, **extra} if extra else objects
+
+
+def _with_engine_handlers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`objects` plus a HandlerStates of the engine among them, when the file holds handler states."""
+    if "handlers" not in saved or "handlers" in objects:
+        return objects
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    if engine is None:
+        return objects
+    return {**objects, "handlers": HandlerStates(engine, exclude=list(objects.values()))}
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Any], own_keys: set[str]) -> Mapping[str, Any]:

@@ -18,10 +18,12 @@ from typing import Any
 
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSingleEpochException, _get_none_data_iter
-from ignite.engine.events import Events, State
+from ignite.engine.events import Events, EventsList, RemovableEventHandle, State
 from ignite.engine.utils import _to_hours_mins_secs
 
+from ember.engine import plan
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
+from ember.engine.plan import place_last_entry
 
 ProcessFunction = Callable[["Engine", Any], Any]
 HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
@@ -133,10 +135,25 @@ class Engine(IgniteEngine):
                 f"events first with engine.register_events(...); built-in events come from ignite.engine.Events"
             )
 
-    def add(self, callback: Any) -> Any:
-        """Attach a callback object (anything with `attach(engine)`) and return it."""
+    def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
+        """Ignite's `add_event_handler`, with the handler placed by its declared `order` (see `ember.engine.order`):
+        after every handler of the event with a lower or equal order, so ties keep attachment order."""
+        handle = super().add_event_handler(event_name, handler, *args, **kwargs)
+        if not isinstance(event_name, EventsList):
+            place_last_entry(self._event_handlers[event_name])
+        return handle
+
+    def add(self, callback: Any, order: int | None = None) -> Any:
+        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers."""
+        if order is not None:
+            callback.order = order
         callback.attach(self)
         return callback
+
+    def describe(self) -> str:
+        """The plan of a run: per event, in firing order, the handlers that will run, in order, with their order
+        values and filters (`print(trainer.describe())`, or `ember train NAME --show-plan`)."""
+        return plan.describe(self)
 
     def _hot_dispatch(self) -> tuple:
         """The per-iteration events' dispatch functions (None where nothing runs), rebuilt after a change."""

@@ -1,0 +1,43 @@
+"""Where a handler runs among the handlers of one event: lower `order` first, ties in attachment order.
+
+A handler declares its place with an `order` attribute (on the function, or on the object of a bound
+method), or `engine.add(callback, order=...)` sets it for every handler the callback attaches. Handlers
+without one, Ignite's included, have order DEFAULT (0) and keep Ignite's attachment-order semantics among
+themselves. ember's own handlers take the levels below, so that the ones that compute run before the
+ones that read what was computed, and the checkpoint runs after every handler whose state it saves. Only
+handlers that read nothing another handler computes run before DEFAULT, so a program that attached its
+handlers in a working order keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIRST = -1000
+"""Restores state before anything else runs (HandlerStates at STARTED)."""
+GUARD = -300
+"""Stops a run that went wrong before other handlers act on it (TerminateOnNan)."""
+PROGRESS = -250
+"""Shows the step's progress and closes an epoch's bar before evaluation prints its lines (ProgressBar)."""
+EVALUATE = -200
+"""Computes validation metrics (Evaluate)."""
+COMPUTE = -100
+"""Measures the step without reading other handlers' results (Timer, ThroughputMonitor)."""
+DEFAULT = 0
+"""Handlers that declare nothing (user functions, Ignite's handlers) and LRScheduler, which may read a metric
+that a user's handler attached before it computes."""
+READ = 100
+"""Reads what was computed: printers, loggers, progress bars, early stopping."""
+CHECKPOINT = 200
+"""Saves the run, after every handler whose state it holds (Checkpoint)."""
+LAST = 1000
+"""Runs after everything (graceful stop, which ends the run)."""
+
+
+def order_of(handler: Any) -> int:
+    """The declared order of a handler callable: its own `order`, its bound object's, else DEFAULT."""
+    for holder in (handler, getattr(handler, "__self__", None), getattr(handler, "func", None)):
+        value = getattr(holder, "order", None) if holder is not None else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return DEFAULT
