@@ -25,7 +25,7 @@ RUN_KEY = "run"  # the entry of the saved objects that holds the run's identity 
 MAY_DIFFER = frozenset({
     "max_epochs", "epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard", "checkpoint_every",
     "keep_last", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile", "cuda_graph",
-    "channels_last",
+    "channels_last", "show_plan",
 })  # fmt: skip
 
 
@@ -186,6 +186,7 @@ def fit(
     max_iterations: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
     resume_hint: str = "resume=True",
+    show_plan: bool = False,
 ) -> RunResult:
     """Run `trainer` over `data` with checkpoints, resume, NaN guard, TensorBoard, progress and graceful stop.
 
@@ -212,6 +213,7 @@ def fit(
         max_iterations: stop (and save) after this iteration, e.g. to try a set-up.
         output_transform: picks the loss out of the trainer's output for TensorBoard and the bar.
         resume_hint: how the messages tell the user to continue a run ("--resume" in `ember train`).
+        show_plan: print the trainer's plan (`Engine.describe`) once every handler is attached, before training.
 
     Returns:
         A `RunResult`; `exit_status` is 0 (finished, or nothing to do), 1 (NaN/Inf loss) or 128 + the signal.
@@ -268,6 +270,8 @@ def fit(
     trainer.add(stop)
     if logger is not None:  # a run stopped to be resumed writes its hparams when it finishes
         logger.hparams_if = lambda e: stop.signum is None and (max_iterations is None or finished(e.state))
+    if show_plan:
+        _say(trainer.describe())
     with stop:
         try:
             trainer.run(data, max_epochs=max_epochs)

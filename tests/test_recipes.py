@@ -277,3 +277,32 @@ def test_resume_continues_at_the_next_epoch_and_then_has_nothing_to_do(capsys, d
     again = run("--epochs", "2", "--checkpoint-dir", "ckpt", "--resume")
     assert again.startswith("Resumed from") and "Nothing to do" in again
     assert not re.search(r"^Epoch ", again, re.M)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_show_plan_prints_each_recipes_real_handlers_in_their_declared_order(capsys, datasets, name):
+    rc, out, _ = train(capsys, datasets, name, "--show-plan", "--epochs", "1", "--max-iterations", "1",
+                       "--batch-size", "64", "--no-progress")
+    assert rc == 0
+    lines = out.splitlines()
+    events = [line for line in lines if line and not line.startswith(" ") and line.isupper()]
+    assert events[0] == "STARTED" and "ITERATION_COMPLETED" in events and "COMPLETED" in events
+
+    def handlers(event: str) -> list[str]:
+        start = lines.index(event) + 1
+        block = []
+        for line in lines[start:]:
+            if not line.startswith("  "):
+                break
+            block.append(line.split()[1])
+        return block
+
+    per_iteration = handlers("ITERATION_COMPLETED")
+    assert per_iteration[0] == "TerminateOnNan._iteration_completed"
+    assert per_iteration.index("Checkpoint._on_event") < per_iteration.index("GracefulStop._stop_if_asked")
+    per_epoch = handlers("EPOCH_COMPLETED")
+    if "Evaluate.evaluate" in per_epoch:
+        assert per_epoch.index("Evaluate.evaluate") < per_epoch.index("TensorBoardLogger._log_epoch")
+    assert per_epoch[-1] == "Checkpoint._on_event"
+    orders = [int(line.split()[0]) for line in lines[lines.index("EPOCH_COMPLETED") + 1:] if line.startswith("  ")]
+    assert orders[: len(per_epoch)] == sorted(orders[: len(per_epoch)])

@@ -132,6 +132,8 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the whole training step as one CUDA graph (CUDA only; static batch shapes)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CNNs)")
+    p.add_argument("--show-plan", action="store_true",
+                   help="print the handlers each event runs, in order, with their filters, before training")
     p.add_argument("--max-iterations", type=_positive_int, default=None, metavar="N",
                    help="stop after iteration N (counted over the whole run), with a checkpoint; e.g. to try a set-up")
     p.set_defaults(run_id=None)
@@ -250,7 +252,7 @@ class RunContext:
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
-                output_transform=output_transform, resume_hint="--resume",
+                output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
             )
         except RunError as exc:
             if exc.setting == "tensorboard":
@@ -284,8 +286,8 @@ class RunContext:
 
 # Flags about where things go and how a run is watched, not about the training itself.
 NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
-                         "resume", "run_id", "progress", "max_iterations", "log_every", "images", "histograms",
-                         "graph"})
+                         "resume", "run_id", "progress", "show_plan", "max_iterations", "log_every", "images",
+                         "histograms", "graph"})
 
 
 @contextlib.contextmanager
@@ -299,7 +301,8 @@ def graceful_stop(trainer: Engine) -> Iterator[GracefulStop]:
 
 _UNSET = object()
 # Flags a resumed run does not take from its checkpoints: they describe this invocation, not the run.
-_NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "max_iterations", "device"})
+_NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "show_plan", "max_iterations",
+                          "device"})
 
 
 def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
