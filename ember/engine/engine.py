@@ -23,6 +23,7 @@ from ignite.engine.utils import _to_hours_mins_secs
 
 from ember.engine import plan
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
+from ember.engine.order import FIRST
 from ember.engine.plan import place_last_entry
 
 ProcessFunction = Callable[["Engine", Any], Any]
@@ -51,6 +52,7 @@ def exception_observer(fn: Callable) -> Callable:
     handlers must not change whether an exception propagates: ember's Engine ignores observers when it decides;
     on a plain `ignite.engine.Engine` the last observer re-raises when no other handler is attached. An observer
     runs once per exception even where Ignite fires the event twice (inside an epoch, then around the run).
+    Observers run first among the event's handlers, so a user's handler that re-raises cannot skip them.
     """
 
     @functools.wraps(fn)
@@ -65,6 +67,7 @@ def exception_observer(fn: Callable) -> Callable:
             raise exc
 
     observer._ember_observer = True  # type: ignore[attr-defined]
+    observer.order = FIRST  # type: ignore[attr-defined]  # before any handler that re-raises (Ignite's idiom)
     return observer
 
 
