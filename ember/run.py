@@ -25,7 +25,7 @@ RUN_KEY = "run"  # the entry of the saved objects that holds the run's identity 
 MAY_DIFFER = frozenset({
     "max_epochs", "epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard", "checkpoint_every",
     "keep_last", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile", "cuda_graph",
-    "channels_last", "show_plan",
+    "channels_last", "show_plan", "log_every", "images", "histograms", "graph",
 })  # fmt: skip
 
 

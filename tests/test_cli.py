@@ -59,7 +59,7 @@ def test_scheduler_flag_is_in_the_plateau_recipe_help(capsys):
         (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
-        (["--lr", "-1"], "argument --lr: must be a positive number, got -1"),
+        (["--lr", "-1"], "argument --lr: must be a finite positive number, got -1"),
         (["--scheduler", "cosine"], "argument --scheduler: invalid choice: 'cosine'"),
     ],
 )

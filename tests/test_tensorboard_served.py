@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 class Captured:
-    """Takes one object's state out of a checkpoint through Checkpoint.load."""
+    """Takes one object's state out of a checkpoint through Checkpoint.load (the handlers' states here)."""
 
     state: Any = None
 
@@ -116,8 +116,8 @@ def served(tmp_path_factory) -> dict[str, Any]:
             if int(re.findall(r"\d+", path.name)[-1]) > 6:
                 path.unlink()  # as if killed after iteration 9 with the checkpoint of iteration 6 the newest
         captured = Captured()
-        Checkpoint.load(Checkpoint.latest(base / "ckpt-plateau"), {"tensorboard": captured}, restore_rng=False)
-        found["saved_state"] = captured.state
+        Checkpoint.load(Checkpoint.latest(base / "ckpt-plateau"), {"handlers": captured}, restore_rng=False)
+        found["saved_state"] = captured.state["TensorBoardLogger"]
         # Logging every 3 iterations now: the interrupted run's point at 8, past the checkpoint, must go.
         found["printed"] = train(*plateau, "--resume", "--log-every", "3")
     port = free_port()
