@@ -17,6 +17,7 @@ from torch import nn, optim
 
 from ember.callbacks import Evaluate
 from ember.engine import Engine, Events
+from ember.engine import order as order_levels
 from ember.recipes.common import Recipe, RunContext
 
 EVAL_FMT = "test accuracy: {accuracy:.4f} test loss: {loss:.4f}"
@@ -54,6 +55,8 @@ def loss_and_correct(images: Any, labels: torch.Tensor, preds: torch.Tensor, los
 
 class EpochTotals:
     """Sums the epoch's batch losses and correct counts on the device and prints them as the seed does."""
+
+    order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
 
     def __init__(self) -> None:
         self.total_loss: Any = 0.0
