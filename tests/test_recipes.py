@@ -281,7 +281,7 @@ def test_resume_continues_at_the_next_epoch_and_then_has_nothing_to_do(capsys, d
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_show_plan_prints_each_recipes_real_handlers_in_their_declared_order(capsys, datasets, name):
-    _, out, err = train(capsys, datasets, name, "--show-plan", "--epochs", "1", "--max-iterations", "1",
+    _, out, err = train(capsys, datasets, name, "--show-plan", "--epochs", "2", "--max-iterations", "1",
                         "--checkpoint-every", "50", "--batch-size", "64", "--no-progress")
     assert "error" not in err  # the speed run exits 1 when one iteration does not reach its target: not an error
     lines = out.splitlines()
