@@ -189,9 +189,12 @@ class Checkpoint:
 
     Files are written atomically (temp file, fsync, rename), checked to load with `torch.load(weights_only=True)`,
     and named `<prefix>_<iteration:09d>.pt`; the best `keep_best` by `monitor` also as
-    `best_<prefix>_<iteration:09d>_score=<score>.pt`. The trainer Engine is added as "trainer" unless already among
-    `objects`. Saves are refused (with a warning) while a model holds NaN/Inf or after TerminateOnNan stopped the
-    run (`engine.state.terminated_on_nan`), so the last good file survives. The trainer's fp16 GradScaler
+    `best_<prefix>_<iteration:09d>_score=<score>.pt` (written first, the regular name then linked to it). With
+    an Evaluate on the engine, best files are made right after its evaluations (`EvalEvents.EVALUATED`), from
+    the weights it evaluated, and a file records a score only for its own weights. The trainer Engine is added
+    as "trainer" unless already among `objects`. Saves are refused (with one warning per run) while the step's
+    loss or a model holds NaN/Inf or after TerminateOnNan stopped the run (`engine.state.terminated_on_nan`; a
+    save makes it check the steps since its last look first), so the last good file survives. The trainer's fp16 GradScaler
     (`engine.scaler`) is saved as "scaler" and restored by `load` when the trainer is among its objects.
     `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
     inside the step saves nothing, since the weights would not match the iteration count.
