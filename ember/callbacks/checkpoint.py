@@ -273,7 +273,7 @@ class Checkpoint:
         self._fresh_score: tuple[int, float | None] | None = None  # (iteration, score) of the last evaluation
         self._monitor_found = False
         self._warned_monitor = False
-        self._refused = 0
+        self._warned_refusal = False  # refusals to save are reported once: one NaN would refuse them all
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -393,13 +393,13 @@ class Checkpoint:
         epoch = engine.state.epoch
         why = self._refusal(engine)
         if why:
-            if not self._refused:
+            if not self._warned_refusal:
+                self._warned_refusal = True
                 warnings.warn(
                     f"Checkpoint: NOT saving iteration {step} (epoch {epoch}): {why}. The last good checkpoint "
-                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals of this run are not "
-                    "reported", RuntimeWarning, stacklevel=4,
+                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals are not reported",
+                    RuntimeWarning, stacklevel=4,
                 )
-            self._refused += 1
             return None
         if self._by_evaluation:
             fresh = self._fresh_score is not None and self._fresh_score[0] == step
