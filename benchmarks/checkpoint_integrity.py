@@ -7,7 +7,7 @@ record's CRC-32, the structure, counters, RNG states and finiteness on load. Bot
 renamed) into `--dir` and load them back with `Checkpoint.load`; interleaved repeats (the order alternates),
 medians with min..max. Run from the repository root:
 
-    .venv/bin/python benchmarks/checkpoint_integrity.py [--repeats 40] [--dir bench-ckpt] [--json out.json]
+    .venv/bin/python benchmarks/checkpoint_integrity.py [--repeats 40] [--dir bench-ckpt] [--same-rng] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,14 +34,23 @@ from ember.recipes.fashion_mnist_mlp import NeuralNetwork
 BASELINE = "8020d78"  # the last commit before checkpoint integrity checks
 
 
-def baseline_checkpoint(revision: str) -> type:
-    """The Checkpoint class of ember/callbacks/checkpoint.py at `revision`, as a module of its own."""
-    source = subprocess.run(["git", "show", f"{revision}:ember/callbacks/checkpoint.py"], capture_output=True,
-                            text=True, check=True).stdout
-    module = types.ModuleType("ember_checkpoint_baseline")
-    module.__file__ = f"<{revision}:ember/callbacks/checkpoint.py>"
-    sys.modules[module.__name__] = module
+def _module_at(revision: str, path: str, name: str) -> types.ModuleType:
+    source = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(name)
+    module.__file__ = f"<{revision}:{path}>"
+    sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def baseline_checkpoint(revision: str, same_rng: bool = False) -> type:
+    """The Checkpoint class of ember/callbacks/checkpoint.py at `revision`, with the RNG capture of
+    ember/callbacks/rng.py at `revision` (lists of Mersenne Twister words): the code as it was. With
+    `same_rng`, this tree's RNG capture instead, so that only the checks on load differ."""
+    module = _module_at(revision, "ember/callbacks/checkpoint.py", "ember_checkpoint_baseline")
+    if not same_rng:
+        rng = _module_at(revision, "ember/callbacks/rng.py", "ember_rng_baseline")
+        module.get_rng_state, module.set_rng_state = rng.get_rng_state, rng.set_rng_state
     return module.Checkpoint
 
 
@@ -65,8 +74,8 @@ def one_round(ckpt: Any, objects: dict[str, Any], step: int) -> tuple[float, flo
     return saved - start, time.perf_counter() - saved
 
 
-def measure(repeats: int, folder: str, revision: str) -> dict[str, Any]:
-    impls = {"before": baseline_checkpoint(revision), "now": Checkpoint}
+def measure(repeats: int, folder: str, revision: str, same_rng: bool) -> dict[str, Any]:
+    impls = {"before": baseline_checkpoint(revision, same_rng), "now": Checkpoint}
     times: dict[str, dict[str, list[float]]] = {name: {"save": [], "load": [], "total": []} for name in impls}
     objects = setup()
     ckpts = {name: cls(objects, os.path.join(folder, name), keep_last=1) for name, cls in impls.items()}
@@ -79,7 +88,7 @@ def measure(repeats: int, folder: str, revision: str) -> dict[str, Any]:
             for key, value in (("save", save), ("load", load), ("total", save + load)):
                 times[name][key].append(value * 1e3)
     size = os.path.getsize(Checkpoint.latest(os.path.join(folder, "now")))
-    report: dict[str, Any] = {"repeats": repeats, "baseline": revision, "checkpoint_bytes": size,
+    report: dict[str, Any] = {"repeats": repeats, "baseline": revision, "same_rng": same_rng, "checkpoint_bytes": size,
                               "folder": os.path.abspath(folder), "python": platform.python_version(),
                               "torch": torch.__version__, "machine": platform.platform(), "ms": {}}
     for name, parts in times.items():
@@ -93,8 +102,9 @@ def measure(repeats: int, folder: str, revision: str) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
+    rng = ", 'before' with this tree's RNG capture" if report["same_rng"] else ""
     lines = [f"fashion-mnist-mlp checkpoint, {report['checkpoint_bytes']:,} bytes, {report['repeats']} interleaved "
-             f"repeats, in {report['folder']}", "",
+             f"repeats, in {report['folder']}{rng}", "",
              "| code | save ms | load ms | save + load ms |", "|---|---|---|---|"]
     for name, parts in report["ms"].items():
         cells = [f"{p['median']:.2f} ({p['min']:.2f}..{p['max']:.2f})" for p in (parts[k] for k in
@@ -110,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=40, help="interleaved save + load rounds per version")
     parser.add_argument("--dir", default="bench-ckpt", help="scratch folder for the files (removed at the end)")
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the code to compare with")
+    parser.add_argument("--same-rng", action="store_true",
+                        help="give 'before' this tree's RNG capture (tensors), to time only the checks on load")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        report = measure(args.repeats, args.dir, args.baseline)
+        report = measure(args.repeats, args.dir, args.baseline, args.same_rng)
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
     print(table(report))

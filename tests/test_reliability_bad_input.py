@@ -117,8 +117,8 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--lr", "inf", "argument --lr: must be a finite positive number, got inf"),
-        ("--lr", "nan", "argument --lr: must be a finite positive number, got nan"),
+        ("--lr", "inf", "argument --lr: must be a finite number, got inf"),
+        ("--lr", "nan", "argument --lr: must be a finite number, got nan"),
         ("--seed", "18446744073709551616", "argument --seed: must be an integer from -9223372036854775808 to "
                                            "9223372036854775807, got 18446744073709551616"),
         ("--num-workers", "-1", "argument --num-workers: must be 0 or more, got -1"),

@@ -52,6 +52,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _skipping(path: str, exc: BaseException | str, then: str = "") -> str:
+    """One warning line for a checkpoint file that is passed over, saying why (without the error's advice)."""
+    why = str(exc).replace(f"checkpoint file {path} ", "the file ", 1)
+    for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint"):
+        why = why.removesuffix(advice)
+    return f"skipping checkpoint {path}: {why}{then}"
+
+
 def _find_unsafe(obj: Any, where: str) -> str | None:
     """Where in a payload the first value sits that `torch.load(weights_only=True)` would refuse."""
     if isinstance(obj, dict):
@@ -181,7 +189,7 @@ def _candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]
             except OSError as exc:
                 problem = f"{path} cannot be read ({exc})"
             problems.append(problem)
-            warnings.warn(f"skipping checkpoint {path}: {problem}", RuntimeWarning, stacklevel=3)
+            warnings.warn(_skipping(path, problem), RuntimeWarning, stacklevel=3)
     found.sort(reverse=True)
     return [path for *_, path in found], problems
 
@@ -191,10 +199,13 @@ class Checkpoint:
 
     Files are written atomically (temp file, fsync, rename), checked to load with `torch.load(weights_only=True)`,
     and named `<prefix>_<iteration:09d>.pt`; the best `keep_best` by `monitor` also as
-    `best_<prefix>_<iteration:09d>_score=<score>.pt`. The trainer Engine is added as "trainer" unless already among
-    `objects`. Saves are refused (with a warning) while a model holds NaN/Inf or after TerminateOnNan stopped the
-    run (`engine.state.terminated_on_nan`), so the last good file survives. The trainer's fp16 GradScaler
-    (`engine.scaler`) is saved as "scaler" and restored by `load` when the trainer is among its objects.
+    `best_<prefix>_<iteration:09d>_score=<score>.pt` (written first, the regular name then linked to it). With
+    an Evaluate on the engine, best files are made right after its evaluations (`EvalEvents.EVALUATED`), from
+    the weights it evaluated, and a file records a score only for its own weights. The trainer Engine is added
+    as "trainer" unless already among `objects`. Saves are refused (with one warning per run) while the step's
+    loss or a model holds NaN/Inf or after TerminateOnNan stopped the run (`engine.state.terminated_on_nan`; a
+    save makes it check the steps since its last look first), so the last good file survives. The trainer's fp16
+    GradScaler (`engine.scaler`) is saved as "scaler" and restored by `load` when the trainer is among its objects.
     `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
     inside the step saves nothing, since the weights would not match the iteration count.
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
@@ -271,7 +282,7 @@ class Checkpoint:
         self._fresh_score: tuple[int, float | None] | None = None  # (iteration, score) of the last evaluation
         self._monitor_found = False
         self._warned_monitor = False
-        self._refused = 0
+        self._warned_refusal = False  # refusals to save are reported once: one NaN would refuse them all
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -394,13 +405,13 @@ class Checkpoint:
         epoch = engine.state.epoch
         why = self._refusal(engine)
         if why:
-            if not self._refused:
+            if not self._warned_refusal:
+                self._warned_refusal = True
                 warnings.warn(
                     f"Checkpoint: NOT saving iteration {step} (epoch {epoch}): {why}. The last good checkpoint "
-                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals of this run are not "
-                    "reported", RuntimeWarning, stacklevel=4,
+                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals are not reported",
+                    RuntimeWarning, stacklevel=4,
                 )
-            self._refused += 1
             return None
         if self._by_evaluation:
             fresh = self._fresh_score is not None and self._fresh_score[0] == step
@@ -631,7 +642,7 @@ class Checkpoint:
             try:
                 _read(path)
             except CorruptCheckpointError as exc:
-                warnings.warn(f"skipping checkpoint {path}: {exc}", RuntimeWarning, stacklevel=2)
+                warnings.warn(_skipping(path, exc), RuntimeWarning, stacklevel=2)
                 continue
             return path
         return None
@@ -652,8 +663,7 @@ class Checkpoint:
             try:
                 Checkpoint.load(path, objects, strict=strict)
             except CorruptCheckpointError as exc:
-                warnings.warn(f"skipping checkpoint {exc}; trying the previous checkpoint", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(_skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
                 problems.append(str(exc))
                 continue
             return path
