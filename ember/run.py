@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -231,6 +232,10 @@ def fit(
             f"the checkpoint in {folder} has {state.epoch_length} iterations per epoch but this run has "
             f"{length}: resume with the same batch size per process and the same number of processes"
         )
+    if resumed and isinstance(data, torch.utils.data.DataLoader) and data.generator is None:
+        warnings.warn("resuming over a DataLoader without generator=: each iter() draws its seed from the global "
+                      "RNG, so Dropout and other random draws will not repeat the uninterrupted run's; pass "
+                      "DataLoader(..., generator=torch.Generator().manual_seed(seed))", RuntimeWarning, stacklevel=2)
     if resumed and state.epoch_length and state.iteration >= state.epoch_length * max_epochs:
         done, extra = divmod(state.iteration, state.epoch_length)
         part = f" and {_plural(extra, 'iteration')} of epoch {done + 1}" if extra else ""
@@ -277,6 +282,7 @@ def fit(
     elif getattr(guard, "stopped_at", None) is not None or getattr(state, "terminated_on_nan", None):
         result.stop_reason = "nan"
         result.exit_status = 1
+        result.finished = False
     elif not result.finished:
         result.stop_reason = "terminated"
         if max_iterations is not None and state.iteration == max_iterations:
