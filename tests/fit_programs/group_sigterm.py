@@ -3,7 +3,8 @@ parent sends to the whole process group (as scancel does) while the main process
 
     python group_sigterm.py BASE N [--plain]
 
-starts run k when a line arrives on stdin, prints `READY k` at its iteration 3, then `RESULT k <exit status> <stop iteration> <checkpoint step>`.
+starts run k when a line arrives on stdin, prints `READY k` at its iteration 3, then
+`RESULT k <exit status> <stop iteration> <checkpoint step>`.
 Batches come from `make_loader(path="dataloader")`, as in `ember train --data-path dataloader`, or with
 --plain from a DataLoader the user built (workers not told to ignore the signal).
 """
