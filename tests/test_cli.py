@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_state_repr_is_short_and_shows_no_tensors():
     engine = Engine(lambda e, batch: batch.sum())
     engine.run([torch.randn(500, 500)] * 3)
     text = repr(engine.state)
-    assert len(text) < 300 and "tensor(" not in text and "iteration=3" in text, text
+    assert len(text) < 400 and "tensor(" not in text and re.search(r"iteration\W+3\b", text), text
 
 
 def test_unknown_recipe_is_a_usage_error_naming_the_recipes(capsys):
