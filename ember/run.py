@@ -250,8 +250,8 @@ def fit(
         logs = f"TensorBoard logs to {os.fspath(tensorboard)} (view them: tensorboard --logdir {parent})"
     _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
     guard = trainer.add(TerminateOnNan()) if nan_guard else None
-    trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                           keep_last=keep_last, save_on_exception=True))
+    saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
+                                   keep_last=keep_last, save_on_exception=True))
     if tensorboard:
         try:
             trainer.add(TensorBoardLogger(os.fspath(tensorboard), hparams=dict(hparams or {}),
@@ -276,8 +276,13 @@ def fit(
     if stop.signum is not None and result.finished:
         _say(f"{stop.reason} arrived after the last iteration: the run had finished; its checkpoint is in {folder}.")
     elif stop.signum is not None:
-        _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; checkpoint "
-             f"saved in {folder} (continue with {resume_hint}).")
+        if saver.last_path is not None:
+            saved = f"checkpoint saved in {folder} (continue with {resume_hint})"
+        elif resumed:
+            saved = f"no new iteration had finished; {resumed} is kept (continue with {resume_hint})"
+        else:
+            saved = "no iteration had finished, so there was nothing to save"
+        _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; {saved}.")
         result.exit_status = stop.exit_status
     elif getattr(guard, "stopped_at", None) is not None or getattr(state, "terminated_on_nan", None):
         result.stop_reason = "nan"
