@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -237,6 +238,10 @@ def fit(
             f"the checkpoint in {folder} has {state.epoch_length} iterations per epoch but this run has "
             f"{length}: resume with the same batch size per process and the same number of processes"
         )
+    if resumed and isinstance(data, torch.utils.data.DataLoader) and data.generator is None:
+        warnings.warn("resuming over a DataLoader without generator=: each iter() draws its seed from the global "
+                      "RNG, so Dropout and other random draws will not repeat the uninterrupted run's; pass "
+                      "DataLoader(..., generator=torch.Generator().manual_seed(seed))", RuntimeWarning, stacklevel=2)
     if resumed and state.epoch_length and state.iteration >= state.epoch_length * max_epochs:
         done, extra = divmod(state.iteration, state.epoch_length)
         part = f" and {_plural(extra, 'iteration')} of epoch {done + 1}" if extra else ""
@@ -251,8 +256,8 @@ def fit(
         logs = f"TensorBoard logs to {logdir} (view them: ember board {parent})"
     _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
     guard = trainer.add(TerminateOnNan()) if nan_guard else None
-    trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                           keep_last=keep_last, save_on_exception=True))
+    saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
+                                   keep_last=keep_last, save_on_exception=True))
     logger = None
     if isinstance(tensorboard, TensorBoardLogger):
         logger = trainer.add(tensorboard)
@@ -284,12 +289,18 @@ def fit(
     if stop.signum is not None and result.finished:
         _say(f"{stop.reason} arrived after the last iteration: the run had finished; its checkpoint is in {folder}.")
     elif stop.signum is not None:
-        _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; checkpoint "
-             f"saved in {folder} (continue with {resume_hint}).")
+        if saver.last_path is not None:
+            saved = f"checkpoint saved in {folder} (continue with {resume_hint})"
+        elif resumed:
+            saved = f"no new iteration had finished; {resumed} is kept (continue with {resume_hint})"
+        else:
+            saved = "no iteration had finished, so there was nothing to save"
+        _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; {saved}.")
         result.exit_status = stop.exit_status
     elif getattr(guard, "stopped_at", None) is not None or getattr(state, "terminated_on_nan", None):
         result.stop_reason = "nan"
         result.exit_status = 1
+        result.finished = False
     elif not result.finished:
         result.stop_reason = "terminated"
         if max_iterations is not None and state.iteration == max_iterations:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import ember
+from ember.engine import Engine
 from ember.recipes import RECIPES
-from ember.recipes.cli import main
+from ember.recipes.cli import main, split_recipe
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -61,6 +65,7 @@ def test_scheduler_flag_is_in_the_plateau_recipe_help(capsys):
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--lr", "-1"], "argument --lr: must be a finite positive number, got -1"),
         (["--scheduler", "cosine"], "argument --scheduler: invalid choice: 'cosine'"),
+        (["--num-workers", "-3"], "argument --num-workers: must be 0 or a positive integer, got -3"),
     ],
 )
 def test_bad_flag_is_a_usage_error_in_two_lines(flags, message, capsys):
@@ -69,6 +74,35 @@ def test_bad_flag_is_a_usage_error_in_two_lines(flags, message, capsys):
     usage, error = err.splitlines()
     assert usage.startswith("usage: ember train mnist-mlp-plateau [flags]") and "--help" in usage
     assert error.startswith("ember train mnist-mlp-plateau: error: ") and message in error
+
+
+def test_version(capsys):
+    rc, out, _ = run_main(capsys, "--version")
+    assert rc == 0 and out.strip() == f"ember {ember.__version__}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--epochs", "0", "mnist-mlp-plateau"],
+    ["train", "mnist-mlp-plateau", "--epochs", "0"],
+    ["train", "--batch-size", "8", "mnist-mlp-plateau", "--epochs=0"],
+])  # fmt: skip
+def test_flags_go_before_or_after_the_recipe_name(argv, capsys):
+    rc, _, err = run_main(capsys, *argv)
+    assert rc == 2 and "ember train mnist-mlp-plateau: error: argument --epochs: must be a positive integer" in err
+    assert split_recipe(["--epochs", "1", "--resume", "fashion-mnist-mlp"]) == (
+        "fashion-mnist-mlp", ["--epochs", "1", "--resume"])
+
+
+def test_max_iterations_is_in_the_help(capsys):
+    rc, out, _ = run_main(capsys, "train", "fashion-mnist-mlp", "--help")
+    assert rc == 0 and "--max-iterations N" in out and "--resume [RUN]" in out
+
+
+def test_state_repr_is_short_and_shows_no_tensors():
+    engine = Engine(lambda e, batch: batch.sum())
+    engine.run([torch.randn(500, 500)] * 3)
+    text = repr(engine.state)
+    assert len(text) < 400 and "tensor(" not in text and re.search(r"iteration\W+3\b", text), text
 
 
 def test_unknown_recipe_is_a_usage_error_naming_the_recipes(capsys):

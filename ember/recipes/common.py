@@ -176,6 +176,7 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        _place_run(recipe, args)
         seed_everything(args.seed)
         self.classes: list[str] | None = None
         self.correct: CorrectCounter | None = None
@@ -308,10 +309,10 @@ _NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "sho
 
 
 def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
-    """The recipe's flags from `argv`, with the run's folders resolved and, on --resume, the run's own flags.
+    """The recipe's flags from `argv`; with --resume, the run's folder and its own flags.
 
-    A fresh run gets a new checkpoint folder `checkpoints/<recipe>/<run-id>` and the TensorBoard folder
-    `runs/<recipe>/<run-id>`. `--resume` finds the run (its folder, --checkpoint-dir, or the newest run of
+    (A new run gets its folders `checkpoints/<recipe>/<run-id>` and `runs/<recipe>/<run-id>` from RunContext,
+    once the process group is up.) `--resume` finds the run (its folder, --checkpoint-dir, or the newest run of
     the recipe), takes every flag not given on the command line from its checkpoints, applies a differing
     flag given again where that is honest (`MAY_DIFFER`: more --epochs, another --device...) and refuses any
     other in one line naming the flag and both values, before anything is built or trained.
@@ -323,14 +324,19 @@ def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
     root = os.path.join("checkpoints", recipe.name)
     if args.resume:
         _adopt_saved_flags(recipe, parser, args, explicit, root)
+    return args
+
+
+def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
+    """A new run's own folders (made by rank 0, the same on every rank), unless the flags name them."""
     if args.checkpoint_dir is None:
+        root = os.path.join("checkpoints", recipe.name)
         args.checkpoint_dir, args.run_id = make_run_dir(root) if dist.is_main() else (None, None)
         args.checkpoint_dir, args.run_id = dist.broadcast_object((args.checkpoint_dir, args.run_id))
     if args.run_id is None:
         args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
     if args.logdir is None:
         args.logdir = os.path.join("runs", recipe.name, args.run_id)
-    return args
 
 
 def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:

@@ -3,13 +3,15 @@ parent sends to the whole process group (as scancel does) while the main process
 
     python group_sigterm.py BASE N [--plain]
 
-prints `READY k` at iteration 3 of run k, then `RESULT k <exit status> <stop iteration> <checkpoint step>`.
+starts run k when a line arrives on stdin, prints `READY k` at its iteration 3, then
+`RESULT k <exit status> <stop iteration> <checkpoint step>`.
 Batches come from `make_loader(path="dataloader")`, as in `ember train --data-path dataloader`, or with
 --plain from a DataLoader the user built (workers not told to ignore the signal).
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -45,16 +47,18 @@ class SlowImages(Dataset):
 
 base, runs, plain = Path(sys.argv[1]), int(sys.argv[2]), "--plain" in sys.argv
 for k in range(runs):
+    sys.stdin.readline()
     torch.manual_seed(0)
     data = SlowImages(96)
     loader = DataLoader(data, batch_size=8, num_workers=2) if plain else make_loader(
         data, 8, path="dataloader", num_workers=2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda k=k: print(f"READY {k}", flush=True))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e, k=k: print(f"READY {k}", flush=True))
     result = ember.fit(trainer, loader, max_epochs=20, objects={"model": model}, checkpoint_dir=base / f"run{k}",
                        progress=False)
     latest = Checkpoint.latest(base / f"run{k}")
     step = torch.load(latest, weights_only=True)["step"] if latest else None
     print(f"RESULT {k} {result.exit_status} {trainer.state.iteration} {step}", flush=True)
-    del loader
+    del loader, trainer, model
+    gc.collect()  # shut the old loader's workers down here, not in the next run's forked workers
