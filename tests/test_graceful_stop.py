@@ -61,3 +61,18 @@ def test_under_torchrun_the_ranks_agree_every_check_every_iterations(monkeypatch
 def test_bad_check_every_is_refused():
     with pytest.raises(ValueError, match="check_every must be a positive number of iterations"):
         GracefulStop(check_every=0)
+
+
+def test_attached_alone_it_never_swallows_an_exception_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = create_trainer(nn.Linear(2, 1), torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1), F.mse_loss)
+    trainer.add(GracefulStop())
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=2))
+    def fail(engine):
+        raise ValueError("boom")
+
+    data = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(3)]
+    with pytest.raises(ValueError, match="boom"):
+        trainer.run(data, max_epochs=1)
+    assert signal.getsignal(signal.SIGTERM) is before

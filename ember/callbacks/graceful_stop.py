@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from ember import distributed as dist
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 from ember.engine.fastdata import ignore_stop_signals
 
@@ -127,10 +127,10 @@ class GracefulStop:
         if self._in_block or self._previous:
             return
         self._install()
-        # Added now, so they run after every handler attached before the run (the COMPLETED checkpoint).
+        # Its order (LAST) runs the COMPLETED one after the checkpoint; the EXCEPTION_RAISED one only observes.
         self._run_handles = [
             engine.add_event_handler(Events.COMPLETED, self._uninstall),
-            engine.add_event_handler(Events.EXCEPTION_RAISED, self._uninstall),
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self._uninstall_on_exception),
         ]
 
     def _install(self) -> None:
@@ -139,6 +139,10 @@ class GracefulStop:
         self._previous = {s: signal.getsignal(s) for s in self.signals}
         for s in self.signals:
             signal.signal(s, self._handle)
+
+    @exception_observer
+    def _uninstall_on_exception(self, engine: Engine, exc: BaseException) -> None:
+        self._uninstall()
 
     def _uninstall(self, *_: Any) -> None:
         for s, h in self._previous.items():
