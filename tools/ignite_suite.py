@@ -65,9 +65,9 @@ def run_pytest(src: Path, paths: list[str], xml: Path, ember: bool) -> float:
     """Run `paths` in `src` (serial, no GPU), with ember's Engine substituted when `ember`; return seconds."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(TOOLS), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "ignite_suite_offline", "--color=no", "-o", "junit_family=xunit1",
-           "--continue-on-collection-errors", "-m", "not distributed and not tpu and not multinode_distributed",
-           f"--timeout={TIMEOUT_S}",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "ignite_suite_offline",
+           "--color=no", "-o", "junit_family=xunit1", "--continue-on-collection-errors",
+           "-m", "not distributed and not tpu and not multinode_distributed", f"--timeout={TIMEOUT_S}",
            f"--junitxml={xml}", *paths]
     if ember:
         cmd[3:3] = ["-p", "ember_ignite_plugin"]
