@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ember-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test lint bench clean
+.PHONY: setup data train test lint bench ignite-suite clean
 
 setup: $(STAMP) data
 
@@ -29,7 +29,7 @@ train: setup
 	$(BIN)/ember train fashion-mnist-mlp $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ember tests benchmarks
+	$(BIN)/ruff check ember tests benchmarks tools
 
 test: setup lint
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -38,6 +38,11 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c constraints.txt
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/throughput.py --device cpu --recipe fashion-mnist-mlp
+
+# Ignite's own engine and handlers tests, on Ignite and on ember (tools/ignite_suite.py; sdist cached in .cache/).
+ignite-suite: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,compat]' -c constraints.txt
+	$(BIN)/python tools/ignite_suite.py --json .cache/ignite-suite/report.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

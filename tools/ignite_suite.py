@@ -2,7 +2,8 @@
 
 Fetches the pytorch-ignite sdist of the installed version (cached under .cache/ignite-suite/), runs its engine
 and handlers tests once on Ignite itself (the baseline) and once with ember's Engine in the place of Ignite's
-(tools/ember_ignite_plugin.py), serially and on the CPU, and compares the outcomes test by test.
+(tools/ember_ignite_plugin.py), serially and on the CPU, and compares the outcomes test by test. As in Ignite's
+own CPU job, tests marked distributed (they spawn process groups) are left out; the rest run serially.
 
 Prints `engine: P/N passed; handlers: P/N passed`, where N counts the tests that pass on Ignite here and P those
 of them that also pass on ember; writes the figures to JSON; exits 1 when a test that passes on Ignite fails on
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(__file__).resolve().parent
 DIFFERENCES = TOOLS / "ignite_suite_differences.txt"
 MAX_DIFFERENCES = 10
+TIMEOUT_S = 300  # per test (pytest-timeout): a test that hangs fails instead of stalling the run
 GROUPS = {
     "engine": [f"tests/ignite/engine/{name}.py" for name in (
         "test_engine", "test_event_handlers", "test_custom_events", "test_engine_state_dict", "test_create_supervised",
@@ -61,15 +63,17 @@ def fetch(version: str, cache: Path) -> Path:
 
 def run_pytest(src: Path, paths: list[str], xml: Path, ember: bool) -> float:
     """Run `paths` in `src` (serial, no GPU), with ember's Engine substituted when `ember`; return seconds."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no", "-o", "junit_family=xunit1",
-           "--continue-on-collection-errors",
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(TOOLS), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "ignite_suite_offline",
+           "--color=no", "-o", "junit_family=xunit1", "--continue-on-collection-errors",
+           "-m", "not distributed and not tpu and not multinode_distributed", f"--timeout={TIMEOUT_S}",
            f"--junitxml={xml}", *paths]
     if ember:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOOLS), env.get("PYTHONPATH")]))
         cmd[3:3] = ["-p", "ember_ignite_plugin"]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=src, env=env, stdout=subprocess.DEVNULL)
+    with open(xml.with_suffix(".log"), "w") as log:  # pytest's own report, next to the XML, for diagnosis
+        subprocess.run(cmd, cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT)
     return time.perf_counter() - start
 
 
