@@ -121,9 +121,16 @@ def latest_run_dir(root: str | os.PathLike[str]) -> str | None:
 
 
 def saved_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run record (`{"run_id", "config"}`) in the newest checkpoint of `folder`; None when there is none."""
-    path = Checkpoint.latest(folder) if os.path.isdir(folder) else None
+    """The run record (`{"run_id", "config"}`) in the newest good checkpoint of `folder`; None when there is none."""
+    path = _newest_good(folder) if os.path.isdir(folder) else None
     return run_record(path) if path is not None else None
+
+
+def _newest_good(folder: str | os.PathLike[str]) -> str | None:
+    """`Checkpoint.latest` without its warnings: the load that follows warns once about each file it skips."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Checkpoint.latest(folder)
 
 
 def run_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -315,7 +322,7 @@ def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRe
     """Load the newest good checkpoint of the run in `folder` when asked to; refuse to mix two runs."""
     names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")] \
         if os.path.isdir(folder) else []
-    newest = Checkpoint.latest(folder) if names else None
+    newest = _newest_good(folder) if names else None
     saved = run_record(newest) if newest is not None else None
     if not resume:
         if names:

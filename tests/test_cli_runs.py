@@ -56,7 +56,7 @@ def test_each_run_gets_its_own_folders_and_says_where_they_are(capsys):
     assert rc == 0, err2
     first, second = run_folders()
     line = (f"ember: run {first.name}: checkpoints go to {first}, TensorBoard logs to runs/{MLP}/{first.name} "
-            f"(view them: tensorboard --logdir runs/{MLP})")
+            f"(view them: ember board runs/{MLP})")
     assert line in err.splitlines(), err
     assert list(Path("runs", MLP, first.name).glob("events.out.tfevents.*"))
     assert f"ember: run {second.name}: checkpoints go to {second}, no TensorBoard logs" in err2
