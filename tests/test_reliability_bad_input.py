@@ -171,7 +171,7 @@ def test_a_really_full_disk_says_so_for_tensorboard_logs(root, tmp_path, small_d
     disk = small_disk(64)
     logdir = disk / "tb"
     logdir.mkdir()
-    (disk / "filler").write_bytes(b"\0" * (60 * 1024))  # leave a few KiB: the first events fit, later ones not
+    (disk / "filler").write_bytes(b"\0" * (44 * 1024))  # leave 20 KiB: the first events fit, later ones not
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--logdir", str(logdir), "--epochs", "40",

@@ -31,7 +31,15 @@ def _describe(logdir: str, exc: OSError) -> str:
 
 
 class SummaryWriter(_TorchSummaryWriter):
-    """`torch.utils.tensorboard.SummaryWriter` whose public methods raise LogWriteError for an OSError."""
+    """`torch.utils.tensorboard.SummaryWriter` whose creation and public methods raise LogWriteError for an OSError."""
+
+    def __init__(self, log_dir: str, *, report_dir: str | None = None, **kwargs: Any) -> None:
+        """`report_dir` is the folder errors name (the run's, for a writer of one of its sub-folders)."""
+        self._report_dir = str(report_dir or log_dir)
+        try:
+            super().__init__(log_dir, **kwargs)
+        except OSError as exc:  # creating the event file can already find the disk full
+            raise LogWriteError(_describe(self._report_dir, exc)) from None
 
     def __getattribute__(self, name: str) -> Any:
         value = super().__getattribute__(name)
@@ -45,7 +53,7 @@ class SummaryWriter(_TorchSummaryWriter):
             except LogWriteError:
                 raise
             except OSError as exc:
-                raise LogWriteError(_describe(str(object.__getattribute__(self, "log_dir")), exc)) from None
+                raise LogWriteError(_describe(object.__getattribute__(self, "_report_dir"), exc)) from None
 
         return call
 

@@ -237,7 +237,8 @@ class TensorBoardLogger:
                                     purge_step=s.iteration + 1 if resumed else 0)
         self.writers = {"": self.writer}
         for name in (TRAIN, VAL):
-            self.writers[name] = SummaryWriter(os.path.join(self.logdir, name), flush_secs=self.flush_secs,
+            self.writers[name] = SummaryWriter(os.path.join(self.logdir, name), report_dir=self.logdir,
+                                               flush_secs=self.flush_secs,
                                                purge_step=epochs_done + 1 if resumed else 0)
 
     # ------------------------------------------------------------------ per iteration
