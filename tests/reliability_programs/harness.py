@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ember.engine import Engine, Events
+from ember.engine import Engine, Events, order
 
 PROGRAMS = Path(__file__).resolve().parent
 REPO = PROGRAMS.parent.parent
@@ -143,6 +143,7 @@ def attach_hooks(
     def fail(e: Engine) -> None:
         raise HandlerFault(f"handler fault injected after iteration {e.state.iteration}")
 
+    after.order = order.CHECKPOINT + 1  # type: ignore[attr-defined]  # after the iteration's checkpoint
     if report or pace or pause_at is not None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, after)
     if fail_at is not None:
