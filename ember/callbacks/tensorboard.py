@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 TRAIN, VAL = "train", "val"
-# Metrics where lower is better, for the `best/<name>` curves; every other metric counts higher as better.
+# Metrics where lower is better, for the `running_best/<name>` curves; for every other one higher is better.
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
@@ -121,7 +121,7 @@ class TensorBoardLogger:
       "correct" count in the step's output), and `epoch/<name>` for every number in `state.metrics` named
       `train/<name>` or `val/<name>` (Evaluate's prefix). In train also `epoch/samples_per_s`,
       `epoch/time_s` (the training part of the epoch) and on CUDA `epoch/peak_memory_mib`; in val
-      `best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
+      `running_best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
       `images/misclassified` when the evaluator has EvalPictures attached.
     - `logdir` itself, step = iteration, every `log_every` iterations: `iteration/loss`,
       `iteration/grad_norm` (global L2 norm of the gradients, computed on the device at those steps only)
@@ -367,7 +367,7 @@ class TensorBoardLogger:
             self.final[name] = number
             better = min if lower_is_better(name) else max
             self.best[name] = better(self.best.get(name, number), number)
-            writer.add_scalar(f"best/{name}", self.best[name], step)
+            writer.add_scalar(f"running_best/{name}", self.best[name], step)
 
     def _log_histograms(self, engine: Engine, step: int) -> None:
         writer, model = self.writers[TRAIN], self._model(engine)
