@@ -9,7 +9,7 @@ Rows (medians of interleaved repeats, min..max):
 The cost of the pictures per epoch is (evaluation with - without) + drawing, against the epoch's time
 (training + evaluation).
 Run: python benchmarks/tensorboard_cost.py [--recipe fashion-mnist-mlp|fashion-mnist-speedrun] [--repeats 3]
-     [--device cpu] [--json out.json]
+     [--device cpu] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -140,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", choices=list(SETUPS), default="fashion-mnist-mlp")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = measure(args)
     print(table(report))
     if args.json:

@@ -217,6 +217,12 @@ class TensorBoardLogger:
     def _model(self, engine: Engine) -> torch.nn.Module | None:
         return dist.unwrap(self.model or getattr(engine, "model", None))
 
+    def _cuda_device(self, engine: Engine) -> torch.device | None:
+        """The model's CUDA device, or None when it trains elsewhere (no CUDA context is made for nothing)."""
+        model = self._model(engine)
+        param = next(model.parameters(), None) if model is not None else None
+        return param.device if param is not None and param.device.type == "cuda" else None
+
     def _open(self, engine: Engine) -> None:
         """Open the three writers; on a resumed run, purge what was logged after the checkpoint."""
         from torch.utils.tensorboard import SummaryWriter  # imported here: `import ember` stays light
@@ -244,8 +250,8 @@ class TensorBoardLogger:
         self._epoch = _Epoch(engine.state.epoch, carried)
         if self.correct is not None:
             self.correct.take()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if (cuda := self._cuda_device(engine)) is not None:
+            torch.cuda.reset_peak_memory_stats(cuda)
 
     def _iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
@@ -336,8 +342,8 @@ class TensorBoardLogger:
                 train.add_scalar("epoch/accuracy", accuracy, step)
             train.add_scalar("epoch/time_s", seconds, step)
             train.add_scalar("epoch/samples_per_s", epoch.samples / seconds if seconds > 0 else 0.0, step)
-            if torch.cuda.is_available() and torch.cuda.memory_allocated() + torch.cuda.max_memory_allocated():
-                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated() / 2**20, step)
+            if (cuda := self._cuda_device(engine)) is not None:
+                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated(cuda) / 2**20, step)
         # With Evaluate, validation values are new only after an evaluation (it may run every n epochs).
         fresh = self._evaluations == 0 or self._evaluations > self._evaluations_logged
         self._evaluations_logged = self._evaluations
