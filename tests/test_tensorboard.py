@@ -81,7 +81,8 @@ def test_layout_train_and_val_runs_per_epoch_root_per_iteration_and_hparams(tmp_
     assert steps_values(train, "epoch/extra") == [(1, 2.0), (2, 3.0)]
     assert steps_values(val, "epoch/accuracy") == [(1, 0.25), (2, 0.5)]
     assert steps_values(val, "epoch/loss") == [(1, 2.0), (2, 1.0)]
-    assert steps_values(val, "best/loss") == [(1, 2.0), (2, 1.0)] and steps_values(val, "best/accuracy")[-1] == (2, 0.5)
+    assert steps_values(val, "running_best/loss") == [(1, 2.0), (2, 1.0)]
+    assert steps_values(val, "running_best/accuracy")[-1] == (2, 0.5)
     assert not any("confusion" in tag or tag.startswith("hparam") for acc in (root, train, val)
                    for tag in acc.Tags()["scalars"])
     assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams_plugin_tags(val)

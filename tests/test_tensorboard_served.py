@@ -232,7 +232,7 @@ def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served
     assert {"recipe", "epochs", "batch_size", "lr", "seed", "label_smoothing", "weight_decay", "scheduler"} <= names
     assert not names & {"logdir", "checkpoint_dir", "resume", "progress"}
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert metrics == {"epoch/accuracy", "best/accuracy", "epoch/loss", "best/loss"}, "the validation values"
+    assert metrics == {"epoch/accuracy", "running_best/accuracy", "epoch/loss", "running_best/loss"}, "val values"
     groups = session_groups(board)
     speed = groups[f"{SPEED}/val"]
     assert speed["hparams"]["label_smoothing"] == pytest.approx(0.1) and speed["hparams"]["epochs"] == 2
@@ -240,8 +240,8 @@ def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served
     accuracy = [v for _, v in board.scalars(f"{SPEED}/val", "epoch/accuracy")]
     loss = [v for _, v in board.scalars(f"{SPEED}/val", "epoch/loss")]
     assert values["epoch/accuracy"] == pytest.approx(accuracy[-1])
-    assert values["best/accuracy"] == pytest.approx(max(accuracy))
-    assert values["best/loss"] == pytest.approx(min(loss))
+    assert values["running_best/accuracy"] == pytest.approx(max(accuracy))
+    assert values["running_best/loss"] == pytest.approx(min(loss))
     assert groups[f"{PLATEAU}/val"]["hparams"]["scheduler"] == "plateau"
 
 

@@ -109,12 +109,12 @@ def _name(classes: Sequence[str] | None, index: int, width: int = 12) -> str:
     return text if len(text) <= width else text[: width - 1] + "."
 
 
-def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None = None, cell: int = 44) -> np.ndarray:
+def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None = None, cell: int = 32) -> np.ndarray:
     """An RGB picture (H x W x 3 uint8) of a confusion matrix: rows are true classes, columns predicted;
     each cell shows its count, shaded by its share of the row (the diagonal in blue, mistakes in red)."""
     counts = counts.long().cpu()
     n = counts.shape[0]
-    font, small = _font(12), _font(10)
+    font, small = _font(11), _font(10)
     label_w = 8 + max(int(font.getlength(_name(classes, i))) for i in range(n))
     top = 34 + max(int(small.getlength(_name(classes, i))) for i in range(n))
     image = Image.new("RGB", (label_w + n * cell + 8, top + n * cell + 8), "white")
@@ -153,9 +153,10 @@ def _tile(image: torch.Tensor, scale: int) -> Image.Image:
 
 
 def misclassified_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor,
-                       classes: Sequence[str] | None = None, columns: int = 8) -> np.ndarray:
+                       classes: Sequence[str] | None = None, columns: int = 4) -> np.ndarray:
     """An RGB grid (H x W x 3 uint8) of misclassified inputs, each captioned with its predicted (red) and
-    true (green) class; an empty set gives a small picture that says so."""
+    true (green) class; an empty set gives a small picture that says so. Four columns keep it about as wide
+    as a TensorBoard image card, so it is readable without "show actual image size"."""
     font = _font(11)
     if len(images) == 0:
         image = Image.new("RGB", (260, 40), "white")

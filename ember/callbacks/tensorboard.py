@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 TRAIN, VAL = "train", "val"
-# Metrics where lower is better, for the `best/<name>` curves; every other metric counts higher as better.
+# Metrics where lower is better, for the `running_best/<name>` curves; for every other one higher is better.
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
@@ -122,7 +122,7 @@ class TensorBoardLogger:
       "correct" count in the step's output), and `epoch/<name>` for every number in `state.metrics` named
       `train/<name>` or `val/<name>` (Evaluate's prefix). In train also `epoch/samples_per_s`,
       `epoch/time_s` (the training part of the epoch) and on CUDA `epoch/peak_memory_mib`; in val
-      `best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
+      `running_best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
       `images/misclassified` when the evaluator has EvalPictures attached.
     - `logdir` itself, step = iteration, every `log_every` iterations: `iteration/loss`,
       `iteration/grad_norm` (global L2 norm of the gradients, computed on the device at those steps only)
@@ -220,6 +220,12 @@ class TensorBoardLogger:
     def _model(self, engine: Engine) -> torch.nn.Module | None:
         return dist.unwrap(self.model or getattr(engine, "model", None))
 
+    def _cuda_device(self, engine: Engine) -> torch.device | None:
+        """The model's CUDA device, or None when it trains elsewhere (no CUDA context is made for nothing)."""
+        model = self._model(engine)
+        param = next(model.parameters(), None) if model is not None else None
+        return param.device if param is not None and param.device.type == "cuda" else None
+
     def _open(self, engine: Engine) -> None:
         """Open the three writers; on a resumed run, purge what was logged after the checkpoint."""
         from ember.callbacks._tb_writer import SummaryWriter  # imported here: `import ember` stays light
@@ -248,8 +254,8 @@ class TensorBoardLogger:
         self._epoch = _Epoch(engine.state.epoch, carried)
         if self.correct is not None:
             self.correct.take()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if (cuda := self._cuda_device(engine)) is not None:
+            torch.cuda.reset_peak_memory_stats(cuda)
 
     def _iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
@@ -340,8 +346,8 @@ class TensorBoardLogger:
                 train.add_scalar("epoch/accuracy", accuracy, step)
             train.add_scalar("epoch/time_s", seconds, step)
             train.add_scalar("epoch/samples_per_s", epoch.samples / seconds if seconds > 0 else 0.0, step)
-            if torch.cuda.is_available() and torch.cuda.memory_allocated() + torch.cuda.max_memory_allocated():
-                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated() / 2**20, step)
+            if (cuda := self._cuda_device(engine)) is not None:
+                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated(cuda) / 2**20, step)
         # With Evaluate, validation values are new only after an evaluation (it may run every n epochs).
         fresh = self._evaluations == 0 or self._evaluations > self._evaluations_logged
         self._evaluations_logged = self._evaluations
@@ -371,7 +377,7 @@ class TensorBoardLogger:
             self.final[name] = number
             better = min if lower_is_better(name) else max
             self.best[name] = better(self.best.get(name, number), number)
-            writer.add_scalar(f"best/{name}", self.best[name], step)
+            writer.add_scalar(f"running_best/{name}", self.best[name], step)
 
     def _log_histograms(self, engine: Engine, step: int) -> None:
         writer, model = self.writers[TRAIN], self._model(engine)
