@@ -6,6 +6,7 @@ and a graceful stop on SIGTERM/SIGINT/SIGHUP/SIGUSR1. `ember train` is a user of
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -284,6 +285,8 @@ def fit(
         logger.hparams_if = lambda e: stop.signum is None and (max_iterations is None or finished(e.state))
     if show_plan:
         _say(trainer.describe())
+    quiet = _QuietWorkerDeaths(stop)
+    trainer.logger.addFilter(quiet)
     with stop:
         try:
             trainer.run(data, max_epochs=max_epochs)
@@ -291,6 +294,8 @@ def fit(
             # Workers killed by the same signal: the last finished iteration was saved (save_on_exception).
             if stop.signum is None or not is_worker_death(exc):
                 raise
+        finally:
+            trainer.logger.removeFilter(quiet)
     result.finished = finished(state)
     result.stop_reason = stop.reason
     if stop.signum is not None and result.finished:
@@ -315,6 +320,19 @@ def fit(
             _say(f"Stopped after iteration {state.iteration} (max_iterations {max_iterations}) in epoch "
                  f"{epoch_of(state)}; checkpoint saved in {folder} (continue with {resume_hint}).")
     return result
+
+
+class _QuietWorkerDeaths(logging.Filter):
+    """Drops the engine's "run is terminating due to exception" log lines for DataLoader workers that the stop
+    signal killed too (sent to the whole process group): expected once stopping, and the stop is reported."""
+
+    def __init__(self, stop: GracefulStop) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]  # the engine logs inside its `except` block
+        return not (self.stop.signum is not None and exc is not None and is_worker_death(exc))
 
 
 def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRecord, resume: bool,
