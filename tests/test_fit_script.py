@@ -9,6 +9,7 @@ DataLoader workers, 20 runs out of 20.
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import re
 import signal
@@ -44,7 +45,8 @@ def runs(tmp_path_factory):
         "double": (script(base / "double", "--pause-at", "7", "--stuck"), True),
         "last_eval": (script(base / "last_eval", "--pause-in-last-epoch-end"), False),
         "nan": (script(base / "nan", "--nan-at", "8"), False),
-        "group": ([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(base / "group"), "20"], True),
+        **{f"group{g}": ([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(base / f"group{g}"), "5"], True)
+           for g in range(4)},
         "group_plain": ([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(base / "plain"), "2", "--plain"],
                         True),
     }
@@ -120,12 +122,9 @@ def test_a_nan_loss_exits_1_and_keeps_the_last_good_checkpoint(runs):
     assert final_state(runs["base"] / "nan")["step"] == 6  # epoch 1's; iteration 8 onwards is NaN
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name, tries", [("group", 20), ("group_plain", 2)])
-def test_process_group_sigterm_with_dataloader_workers_stops_every_run_with_a_checkpoint(runs, name, tries):
-    """The workers die of the same SIGTERM (group_plain) or ignore it (make_loader's); either way 143."""
-    child = runs["children"][name]
-    rng = random.Random(0)
+def stop_runs_by_group_sigterm(child: Child, tries: int, seed: int) -> list[list[str]]:
+    """Start `tries` runs in `child` one after the other, each stopped by a SIGTERM to its process group."""
+    rng = random.Random(seed)
     results = []
     for k in range(tries):
         child.send(k)  # start run k
@@ -134,8 +133,22 @@ def test_process_group_sigterm_with_dataloader_workers_stops_every_run_with_a_ch
         child.signal(signal.SIGTERM, group=True)
         results.append(child.wait_for(lambda line, k=k: line.startswith(f"RESULT {k} ")).split()[2:])
     assert child.wait() == 0, child.describe()
-    assert all(status == "143" and stop == step for status, stop, step in results), results
     assert "Traceback" not in child.stderr and "exited unexpectedly" not in child.stderr, child.describe()
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("names, tries", [([f"group{g}" for g in range(4)], 5), (["group_plain"], 2)])
+def test_process_group_sigterm_with_dataloader_workers_stops_every_run_with_a_checkpoint(runs, names, tries):
+    """The workers die of the same SIGTERM (group_plain) or ignore it (make_loader's); either way 143. The 20
+    runs with make_loader's workers are 4 processes of 5 runs each, driven at once (a stopped DataLoader may
+    wait seconds for its workers, idle time that the other processes use)."""
+    children = [runs["children"][name] for name in names]
+    with concurrent.futures.ThreadPoolExecutor(len(children)) as pool:
+        results = [r for rs in pool.map(stop_runs_by_group_sigterm, children, [tries] * len(children),
+                                         range(len(children))) for r in rs]
+    assert len(results) == tries * len(children)
+    assert all(status == "143" and stop == step for status, stop, step in results), results
 
 
 def tiny_run(folder: Path, **kwargs) -> ember.RunResult:
