@@ -1,6 +1,6 @@
 """The engine: Engine (an ignite.engine.Engine), Ignite's Events and State, and the step factories."""
 
-from ember.engine.engine import Engine, exception_observer
+from ember.engine.engine import Engine
 from ember.engine.events import (
     CallableEventWithFilter,
     EventEnum,
@@ -10,6 +10,7 @@ from ember.engine.events import (
     RemovableEventHandle,
     State,
 )
+from ember.engine.observers import exception_observer
 from ember.engine.steps import create_evaluator, create_trainer, default_prepare_batch
 from ember.engine.supervised import (
     DeterministicEngine,

@@ -10,83 +10,42 @@ and termination flags are checked through one attribute that is set only when a 
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSingleEpochException, _get_none_data_iter
 from ignite.engine.events import Events, EventsList, RemovableEventHandle, State
 from ignite.engine.utils import _to_hours_mins_secs
 
-from ember.engine import plan
+from ember.engine import plan, resumable
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
-from ember.engine.order import FIRST
+from ember.engine.errors import note_step_failure
 from ember.engine.plan import place_last_entry
 
 ProcessFunction = Callable[["Engine", Any], Any]
 HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
               Events.ITERATION_COMPLETED)
-
-
-def describe(obj: Any, depth: int = 0) -> str:
-    """A short description of a batch (types and tensor shapes) for error messages."""
-    shape = getattr(obj, "shape", None)
-    if shape is not None:
-        return f"{type(obj).__name__}(shape={tuple(shape)}, dtype={getattr(obj, 'dtype', '?')})"
-    if depth < 2 and isinstance(obj, (list, tuple)):
-        inner = ", ".join(describe(o, depth + 1) for o in obj[:4])
-        return f"{type(obj).__name__}[{inner}{', ...' if len(obj) > 4 else ''}]"
-    if depth < 2 and isinstance(obj, Mapping):
-        inner = ", ".join(f"{k!r}: {describe(v, depth + 1)}" for k, v in list(obj.items())[:4])
-        return f"dict{{{inner}}}"
-    return type(obj).__name__
-
-
-def exception_observer(fn: Callable) -> Callable:
-    """Mark an `EXCEPTION_RAISED` handler that only observes (saves, closes files) and never handles.
-
-    In Ignite an attached `EXCEPTION_RAISED` handler that returns has handled the exception. ember's own
-    handlers must not change whether an exception propagates: ember's Engine ignores observers when it decides;
-    on a plain `ignite.engine.Engine` the last observer re-raises when no other handler is attached. An observer
-    runs once per exception even where Ignite fires the event twice (inside an epoch, then around the run).
-    Observers run first among the event's handlers, so a user's handler that re-raises cannot skip them.
-    """
-
-    @functools.wraps(fn)
-    def observer(*args: Any) -> None:
-        engine, exc = args[-2], args[-1]
-        seen = exc.__dict__.setdefault("_ember_observed", set())
-        key = (id(args[0]), id(observer)) if len(args) > 2 else id(observer)
-        if key not in seen:
-            seen.add(key)
-            fn(*args)
-        if not isinstance(engine, Engine) and _last_of_only_observers(engine, observer, args):
-            raise exc
-
-    observer._ember_observer = True  # type: ignore[attr-defined]
-    observer.order = FIRST  # type: ignore[attr-defined]  # before any handler that re-raises (Ignite's idiom)
-    return observer
-
-
-def _last_of_only_observers(engine: Any, observer: Callable, args: tuple) -> bool:
-    entries = engine._event_handlers.get(Events.EXCEPTION_RAISED, [])
-    if not entries or not all(marker(f, "_ember_observer") for f, _, _ in entries):
-        return False
-    last = entries[-1][0]
-    return getattr(last, "__func__", last) is observer and (len(args) == 2 or last.__self__ is args[0])
+TerminateFlag = bool | Literal["skip_completed"]
+"""`should_terminate`: False, True, or "skip_completed" after `terminate(skip_completed=True)`."""
+EpochTerminateFlag = bool | Literal["skip_epoch_completed"]
+"""`should_terminate_single_epoch`: False, True, or "skip_epoch_completed" (skip_epoch_completed=True)."""
 
 
 def _flag(name: str) -> property:
-    """A termination flag that also raises the engine's one `_attn` attribute, which the loop polls."""
+    """A termination flag that also raises the engine's one `_attn` attribute, which the loop polls.
+
+    The flags keep Ignite's values (`TerminateFlag`, `EpochTerminateFlag`): Ignite's API and its own test suite
+    read the string that says which closing event the stop skips.
+    """
     slot = "_" + name
 
-    def get(self: Engine) -> Any:
+    def get(self: Engine) -> TerminateFlag | EpochTerminateFlag:
         return self.__dict__.get(slot, False)
 
-    def set_(self: Engine, value: Any) -> None:
+    def set_(self: Engine, value: TerminateFlag | EpochTerminateFlag) -> None:
         self.__dict__[slot] = value
         if value:
             self._attn = True
@@ -110,6 +69,7 @@ class Engine(IgniteEngine):
         self._attn = True
         self._dispatch: tuple | None = None
         super().__init__(process_function)
+        self.state = State()  # the one place an Engine creates its run's state
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -208,25 +168,14 @@ class Engine(IgniteEngine):
             self._new_iter()
 
     def _new_iter(self, skip: int = 0) -> None:
-        """A fresh data iterator for the current epoch (samplers get `set_epoch`), `skip` batches in."""
+        """A fresh data iterator for the current epoch, `skip` batches in, through `ember.engine.resumable`."""
         data = self.state.dataloader
         if data is None:
             if self.state.epoch_length is None:
                 raise RuntimeError("epoch_length should be provided if data is None")
             self._dataloader_iter = _get_none_data_iter(self.state.epoch_length - skip)
             return
-        epoch_index = max(self.state.epoch - 1, 0)
-        sampler = _sampler_of(data)
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch_index)
-        elif sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch_index)
-        if skip and hasattr(data, "skip_batches"):
-            data.skip_batches(skip)
-            skip = 0
-        elif skip and sampler is not None and hasattr(sampler, "skip_samples") and getattr(data, "batch_size", 0):
-            sampler.skip_samples(skip * data.batch_size)
-            skip = 0
+        skip = resumable.start_epoch(data, max(self.state.epoch - 1, 0), skip)
         self._dataloader_iter = iter(data)
         for _ in range(skip):
             next(self._dataloader_iter)
@@ -379,8 +328,7 @@ class Engine(IgniteEngine):
                 try:
                     state.output = process(self, state.batch)
                 except Exception as exc:
-                    exc.add_note(f"ember: raised by the process function at epoch {state.epoch}, iteration "
-                                 f"{state.iteration}; batch: {describe(state.batch)}")
+                    note_step_failure(exc, state.epoch, state.iteration, state.batch)
                     raise
                 if it_completed is not None:
                     it_completed(state)
@@ -411,8 +359,3 @@ def _fire_through(engine: Engine, event: Any) -> Callable[[State], None]:
 
     return fire
 
-
-def _sampler_of(data: Any) -> Any:
-    batch_sampler = getattr(data, "batch_sampler", None)
-    sampler = getattr(batch_sampler, "sampler", None)
-    return sampler if sampler is not None else getattr(data, "sampler", None)

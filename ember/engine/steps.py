@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.engine.engine import Engine, describe, exception_observer
+from ember.engine.engine import Engine
+from ember.engine.errors import describe
 from ember.engine.events import Events
+from ember.engine.observers import exception_observer
 
 PrepareBatch = Callable[[Any, Any, bool], tuple[Any, Any]]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
