@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ember.callbacks import Checkpoint
-from ember.engine import create_trainer
 from ember.recipes.fashion_mnist_mlp import NeuralNetwork
+from ember.steps import create_trainer
 
 BASELINE = "8020d78"  # the last commit before checkpoint integrity checks
 

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ember.callbacks.evaluate import SEED000_EVAL_FMT, EvalEvents, Evaluate
-from ember.engine import Engine, Events, create_evaluator, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_evaluator, create_trainer
 
 
 def setup(n_train=96, n_val=64):

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ember.callbacks.loss_printer import SEED000_FMT, SEED001_FMT, LossPrinter, batch_size_of
-from ember.engine import Engine, create_trainer
+from ember.engine import Engine
+from ember.steps import create_trainer
 
 
 def counting_engine() -> Engine:

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ember.callbacks.evaluate import EvalEvents, Evaluate
 from ember.callbacks.lr_scheduler import LRScheduler
-from ember.engine import Engine, Events, create_evaluator, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_evaluator, create_trainer
 
 
 def optimizer(lr=1.0, groups=1):
@@ -150,7 +151,7 @@ def test_a_tensor_learning_rate_is_recorded_without_reading_it(monkeypatch):
     import torch
 
     from ember.callbacks import LRScheduler
-    from ember.engine import create_trainer
+    from ember.steps import create_trainer
 
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01))

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ember.callbacks.nan import TerminateOnNan
-from ember.engine import Engine, Events, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_trainer
 
 
 def engine_bad_at(iteration: int, value: float = math.nan, make=lambda v: torch.tensor(v)) -> Engine:

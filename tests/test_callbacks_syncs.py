@@ -12,7 +12,8 @@ from ember.callbacks.loss_printer import SEED001_FMT, LossPrinter
 from ember.callbacks.nan import TerminateOnNan
 from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
 from ember.callbacks.timing import SEED003_FMT, ThroughputMonitor
-from ember.engine import Events, create_trainer
+from ember.engine import Events
+from ember.steps import create_trainer
 
 SYNCING = ("item", "tolist", "__float__", "__int__", "__bool__")
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ember.callbacks.timing import SEED003_FMT, ThroughputMonitor, Timer
-from ember.engine import Engine, Events, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_trainer
 
 
 def sleepy_engine(seconds: float) -> Engine:

@@ -15,10 +15,11 @@ from fakedata import write_fashion_mnist
 from torch import nn
 
 from ember.callbacks import Checkpoint
-from ember.engine import Events, create_trainer
+from ember.engine import Events
 from ember.recipes import data
 from ember.recipes.cli import main
 from ember.recipes.common import RunContext
+from ember.steps import create_trainer
 
 MLP = "fashion-mnist-mlp"  # 256 training images at batch 64: 4 iterations an epoch
 

@@ -8,7 +8,8 @@ from ignite.engine import Engine as IgniteEngine
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss, TopKCategoricalAccuracy
 from torch import nn
 
-from ember.engine import Engine, Events, State, create_evaluator, create_trainer, exception_observer
+from ember.engine import Engine, Events, State, exception_observer
+from ember.steps import create_evaluator, create_trainer
 
 
 def test_handler_receives_engine_unless_it_takes_no_argument():

@@ -24,8 +24,8 @@ from torch import nn
 
 import ember
 from ember.callbacks import Checkpoint
-from ember.engine import create_trainer
 from ember.run import RunError, RunRecord
+from ember.steps import create_trainer
 
 PROGRAMS = Path(__file__).resolve().parent / "fit_programs"
 STEPS = 12  # 48 samples, batch 8, 2 epochs

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, GracefulStop
 from ember.callbacks import graceful_stop as module
-from ember.engine import Events, create_trainer
+from ember.engine import Events
+from ember.steps import create_trainer
 
 
 def tiny_trainer():

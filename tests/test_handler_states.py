@@ -14,7 +14,8 @@ from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, EarlyStopping, LossPrinter, ThroughputMonitor
 from ember.checkpoint.handler_states import HandlerStates
-from ember.engine import Engine, Events, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_trainer
 
 EPOCH = 10  # batches per epoch
 

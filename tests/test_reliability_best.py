@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, EvalEvents, Evaluate
-from ember.engine import Engine, Events, create_trainer
+from ember.engine import Engine, Events
+from ember.steps import create_trainer
 
 SCORES = [0.3, 0.9, 0.1, math.nan, 0.7, 0.8, 0.2, 0.95, 0.5, math.inf]  # by iteration, 1-based
 KEEP_BEST = 2

@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, TensorBoardLogger
-from ember.engine import Events, create_trainer
+from ember.engine import Events
+from ember.steps import create_trainer
 
 
 def setup(tmp_path, first=None):

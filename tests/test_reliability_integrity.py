@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, CheckpointError, CorruptCheckpointError
 from ember.callbacks.rng import get_rng_state
-from ember.engine import create_trainer
+from ember.steps import create_trainer
 
 
 def make_run(seed: int = 0):

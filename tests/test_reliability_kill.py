@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks import Checkpoint
-from ember.engine import create_trainer
+from ember.steps import create_trainer
 
 KINDS = ("write", "rename", "evict", "saved", "time")
 CONFIGS = ("last", "best", "best_only")

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, TerminateOnNan
-from ember.engine import Events, create_trainer
+from ember.engine import Events
+from ember.steps import create_trainer
 
 
 def make_trainer(loss_fn=F.mse_loss, amp=None, seed=0):

@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint
-from ember.engine import Events, create_trainer
+from ember.engine import Events
 from ember.recipes.common import graceful_stop
+from ember.steps import create_trainer
 
 STEPS = 12  # mnist-lenet on 48 images, batch 8, 2 epochs
 

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ember.callbacks import Evaluate
 from ember.callbacks.pictures import EvalPictures
 from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
-from ember.engine import Engine, Events, create_evaluator, create_trainer, order
+from ember.engine import Engine, Events, order
+from ember.steps import create_evaluator, create_trainer
 
 
 def make_trainer(seed: int = 0) -> tuple[Engine, torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ember.engine import Events, create_trainer
-from ember.engine.steps import _GraphedStep
+from ember.engine import Events
+from ember.steps import create_trainer
+from ember.steps.cuda_graph import GraphedStep as _GraphedStep
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ember import distributed as dist
 from ember.callbacks import LossPrinter, TerminateOnNan
 from ember.callbacks.checkpoint import Checkpoint
-from ember.engine import Events, create_evaluator, create_trainer
+from ember.engine import Events
+from ember.steps import create_evaluator, create_trainer
 
 N_TRAIN, N_EVAL, N_FEATURES, N_CLASSES = 96, 50, 8, 3
 EVAL_SPLIT = 30  # with 2 ranks, rank 0 evaluates samples [0, 30) and rank 1 [30, 50): uneven on purpose

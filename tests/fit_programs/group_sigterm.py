@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import ember
 from ember.callbacks import Checkpoint
-from ember.engine import Events, create_trainer
+from ember.engine import Events
 from ember.engine.fastdata import make_loader
+from ember.steps import create_trainer
 
 
 class SlowImages(Dataset):

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember
-from ember.engine import Events, create_trainer
+from ember.engine import Events
+from ember.steps import create_trainer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("folder")

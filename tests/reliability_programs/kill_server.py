@@ -31,8 +31,9 @@ from torch.nn import functional as F
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks import Checkpoint
-from ember.engine import Engine, Events, create_trainer
+from ember.engine import Engine, Events
 from ember.engine.fastdata import DeviceLoader
+from ember.steps import create_trainer
 
 EPOCHS, N, BATCH = 4, 40, 5  # 8 iterations per epoch, 32 in all
 SCORES = [0.3, math.nan, 0.9, 0.1, math.inf, 0.5, 0.7, 0.2, -math.inf, 0.6, 0.4]

@@ -11,7 +11,7 @@ torch.compile, channels-last) use `ember.create_trainer`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import ignite.engine as ie
 import torch
@@ -19,6 +19,9 @@ from ignite.engine.deterministic import DeterministicEngine as IgniteDeterminist
 from ignite.metrics import Metric
 
 from ember.engine.engine import Engine
+
+AmpMode = Literal["amp", "apex"]
+"""Ignite's mixed-precision back-ends: torch.amp autocast (with an optional GradScaler), or NVIDIA apex."""
 
 
 class DeterministicEngine(IgniteDeterministicEngine, Engine):
@@ -121,7 +124,7 @@ def create_supervised_trainer(
     model_transform: Callable[[Any], Any] = _identity,
     output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _detached_loss,
     deterministic: bool = False,
-    amp_mode: str | None = None,
+    amp_mode: AmpMode | None = None,
     scaler: bool | torch.amp.GradScaler = False,
     gradient_accumulation_steps: int = 1,
     model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
@@ -149,7 +152,7 @@ def create_supervised_evaluator(
     prepare_batch: Callable = ie._prepare_batch,
     model_transform: Callable[[Any], Any] = _identity,
     output_transform: Callable[[Any, Any, Any], Any] = _prediction_and_target,
-    amp_mode: str | None = None,
+    amp_mode: AmpMode | None = None,
     model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
 ) -> Engine:
     """Ignite's `create_supervised_evaluator` (same arguments and behaviour), returning an ember Engine."""
