@@ -35,9 +35,8 @@ from ember.callbacks.pictures import (
     misclassified_grid,
 )
 from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
-from ember.engine.fastdata import make_loader
+from ember.data import load_dataset, make_loader
 from ember.recipes import fashion_mnist_mlp, fashion_mnist_speedrun
-from ember.recipes.data import load_dataset
 from ember.steps import create_evaluator, create_trainer
 
 SETUPS: dict[str, dict[str, Any]] = {

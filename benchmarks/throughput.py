@@ -45,10 +45,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import VisionDataset
 
 from ember.callbacks import SEED000_EVAL_FMT, SEED001_FMT, Evaluate, LossPrinter
+from ember.data import DataNotFoundError, load_dataset, make_loader, torchvision_transform
 from ember.engine import Events
-from ember.engine.fastdata import make_loader, torchvision_transform
 from ember.recipes import RECIPES, cifar10_cnn, fashion_mnist_cnn, fashion_mnist_mlp
-from ember.recipes.data import DataNotFoundError, load_dataset
 from ember.steps import create_evaluator, create_trainer
 
 LOOPS = ("seed", "ignite", "lightning", "ember-dataloader", "seed-inmemory", "ember", "ember-fast",

@@ -15,8 +15,8 @@ from fakedata import write_fashion_mnist
 from torch import nn
 
 from ember.callbacks import Checkpoint
+from ember.data import datasets as data
 from ember.engine import Events
-from ember.recipes import data
 from ember.recipes.cli import main
 from ember.recipes.common import RunContext
 from ember.steps import create_trainer

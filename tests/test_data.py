@@ -9,8 +9,7 @@ import torch
 from fakedata import accept_fake_cifar10, write_cifar10, write_fashion_mnist, write_idx, write_mnist
 from torchvision import datasets, transforms
 
-from ember.recipes import data
-from ember.recipes.data import (
+from ember.data import (
     CIFAR10_FILES,
     DEBIAN_FASHION_MNIST,
     IDX_FILES,
@@ -20,6 +19,7 @@ from ember.recipes.data import (
     load_fashion_mnist,
     load_mnist,
 )
+from ember.data import datasets as data
 
 
 @pytest.fixture(autouse=True)

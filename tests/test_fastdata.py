@@ -9,8 +9,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from ember.engine import Engine, Events
-from ember.engine.fastdata import (
+from ember.data import (
+    DEBIAN_FASHION_MNIST,
+    IDX_FILES,
     DeviceLoader,
     EpochSampler,
     dataset_tensors,
@@ -18,7 +19,7 @@ from ember.engine.fastdata import (
     make_loader,
     torchvision_transform,
 )
-from ember.recipes.data import DEBIAN_FASHION_MNIST, IDX_FILES
+from ember.engine import Engine, Events
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
@@ -98,7 +99,7 @@ def test_rgb_resize_to_non_square_size_matches_torchvision(cifar):
     reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST} is missing)",
 )
 def test_real_fashion_mnist_subset_matches_torchvision_with_and_without_resize(tmp_path):
-    from ember.recipes.data import load_fashion_mnist
+    from ember.data import load_fashion_mnist
 
     real = load_fashion_mnist(train=False, cache=tmp_path)
     indices = list(range(0, 10000, 7))

@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from ember.callbacks.loss_printer import loss_of
+from ember.data import EpochSampler, load_dataset
+from ember.data import datasets as data
 from ember.engine import Events
-from ember.engine.fastdata import EpochSampler
-from ember.recipes import RECIPES, data, fashion_mnist_cnn, mnist_mlp_plateau
+from ember.recipes import RECIPES, fashion_mnist_cnn, mnist_mlp_plateau
 from ember.recipes.cli import main
 from ember.recipes.common import RunContext
-from ember.recipes.data import load_dataset
 
 FLOAT = r"\d+\.\d+(?:e-?\d+)?"
 

@@ -221,7 +221,7 @@ def test_latest_uses_the_recorded_step_and_falls_back_past_a_corrupt_newest_file
 
 PREPARE_SLOWLY = """
 import shutil, sys, time
-import ember.recipes.data as data
+import ember.data.datasets as data
 
 def slow(src, dst, length=0):
     dst.write(src.read(1000))
@@ -238,7 +238,7 @@ data.load_fashion_mnist(root=sys.argv[1], cache=sys.argv[2], download=False)
 def test_a_kill_during_dataset_preparation_leaves_no_temp_file_after_the_next_run(tmp_path):
     from fakedata import write_fashion_mnist
 
-    from ember.recipes.data import load_fashion_mnist
+    from ember.data import load_fashion_mnist
 
     fake = write_fashion_mnist(tmp_path / "deb", layout="debian", gz=True)  # gzipped: decompressed into the cache
     cache = tmp_path / "cache"

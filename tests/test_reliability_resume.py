@@ -28,9 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint
+from ember.data import load_dataset, make_loader
 from ember.engine import Events
-from ember.engine.fastdata import make_loader
-from ember.recipes.data import load_dataset
 from ember.steps import create_trainer
 
 EPOCHS, BATCH = 3, 8  # 48 training images: 6 iterations per epoch, 18 in all

@@ -10,8 +10,9 @@ import torch
 from fakedata import write_fashion_mnist
 
 from ember.callbacks import EvalEvents
+from ember.data import datasets as data
 from ember.engine import Engine
-from ember.recipes import RECIPES, data
+from ember.recipes import RECIPES
 from ember.recipes.cli import main
 from ember.recipes.fashion_mnist_speedrun import SpeedNet, TimeToTarget, native_bf16
 

@@ -28,7 +28,7 @@ from fakedata import write_fashion_mnist, write_mnist
 from PIL import Image
 
 from ember.callbacks import Checkpoint
-from ember.recipes import data
+from ember.data import datasets as data
 from ember.recipes.cli import main
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from fakedata import write_fashion_mnist
 
 from ember.callbacks import Checkpoint
-from ember.recipes import data
+from ember.data import datasets as data
 from ember.recipes.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"

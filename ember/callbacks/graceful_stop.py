@@ -9,9 +9,9 @@ from types import TracebackType
 from typing import Any
 
 from ember import distributed as dist
+from ember.data.loader import ignore_stop_signals
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
-from ember.engine.fastdata import ignore_stop_signals
 
 # SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(

@@ -75,8 +75,8 @@ def split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
 def _train(spec: str, argv: list[str]) -> int:
     from ember import distributed as dist
     from ember.callbacks.checkpoint import CheckpointError
+    from ember.data import DataNotFoundError
     from ember.recipes.common import RunContext, parse_flags
-    from ember.recipes.data import DataNotFoundError
 
     try:
         recipe = find_recipe(spec)

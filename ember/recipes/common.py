@@ -21,9 +21,8 @@ from ember.callbacks import TensorBoardLogger
 from ember.callbacks.graceful_stop import GracefulStop
 from ember.callbacks.pictures import EvalPictures
 from ember.callbacks.tensorboard import CorrectCounter
+from ember.data import load_dataset, make_loader
 from ember.engine import Engine
-from ember.engine.fastdata import make_loader
-from ember.recipes.data import load_dataset
 from ember.run import MAY_DIFFER, RunError, fit, latest_run_dir, make_run_dir, saved_run
 from ember.steps import create_evaluator, create_trainer
 

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import ember
 from ember.callbacks import Checkpoint
+from ember.data import make_loader
 from ember.engine import Events
-from ember.engine.fastdata import make_loader
 from ember.steps import create_trainer
 
 

@@ -31,8 +31,8 @@ from torch.nn import functional as F
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks import Checkpoint
+from ember.data import DeviceLoader
 from ember.engine import Engine, Events
-from ember.engine.fastdata import DeviceLoader
 from ember.steps import create_trainer
 
 EPOCHS, N, BATCH = 4, 40, 5  # 8 iterations per epoch, 32 in all

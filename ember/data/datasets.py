@@ -43,7 +43,6 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "prepare_idx",
-    "register_dataset",
 ]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -348,11 +347,6 @@ DATASETS: dict[str, DatasetLoader] = {
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
 
-def register_dataset(name: str, loader: DatasetLoader) -> None:
-    """Make `load_dataset(name, ...)` call loader(train, root, transform, cache=..., download=...)."""
-    DATASETS[name] = loader
-
-
 def dataset_names() -> list[str]:
     """Names `load_dataset` accepts."""
     return sorted(DATASETS)
@@ -367,7 +361,7 @@ def load_dataset(
     cache: str | os.PathLike[str] | None = None,
     download: bool = True,
 ) -> Dataset:
-    """Load a registered dataset by name ("fashion-mnist", "mnist", "cifar10") as torchvision's dataset."""
+    """Load a dataset by name ("fashion-mnist", "mnist", "cifar10") as torchvision's dataset."""
     key = name.lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:

@@ -1,68 +1,28 @@
-"""The fast data path: in-memory datasets batched on the training device, and a seeded epoch sampler.
+"""`DeviceLoader`: in-memory datasets batched on the training device, from a uint8 copy of their images.
 
-Both paths draw the same per-epoch order, a pure function of (seed, epoch), so a run resumes without any
-saved RNG state and `DeviceLoader` and `DataLoader(sampler=EpochSampler(...))` yield the same batches.
+Its per-epoch order is `epoch_indices(seed, epoch)`, the same as `EpochSampler`'s on the DataLoader path, so
+both paths yield the same batches and a run resumes without any saved RNG state.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import signal
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision import transforms
-from torchvision.datasets.vision import StandardTransform
+from torch.utils.data import Subset
 from torchvision.transforms import functional as TF
 
-__all__ = [
-    "DeviceLoader",
-    "EpochSampler",
-    "dataset_tensors",
-    "epoch_indices",
-    "make_loader",
-    "resize_images",
-    "torchvision_transform",
-]
+from ember.data.sampler import check_shard, epoch_indices
 
 Device = torch.device | str | None
 Stats = float | Sequence[float]
 Normalization = tuple[Stats, Stats]
 Size = int | Sequence[int]
-
-
-def epoch_indices(
-    n: int, *, seed: int, epoch: int, shuffle: bool, num_replicas: int = 1, rank: int = 0
-) -> Tensor:
-    """Sample order of one epoch for one rank: a pure function of its arguments, so resuming needs no RNG state.
-
-    The shuffled order is `torch.randperm(n)` from a CPU generator seeded with seed + epoch; with several
-    replicas it is padded by wrapping around to a multiple of num_replicas and rank takes every
-    num_replicas-th index, exactly as torch's DistributedSampler(drop_last=False) does.
-    """
-    _check_shard(num_replicas, rank)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    else:
-        order = torch.arange(n)
-    if num_replicas == 1:
-        return order
-    total = math.ceil(n / num_replicas) * num_replicas
-    if total > n:
-        order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
-    return order[rank:total:num_replicas]
-
-
-def _check_shard(num_replicas: int, rank: int) -> None:
-    """Reject shard settings that would silently give a rank no data or the wrong data."""
-    if num_replicas < 1 or not 0 <= rank < num_replicas:
-        raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=} {rank=}")
 
 
 def dataset_tensors(dataset: Any) -> tuple[Tensor, Tensor]:
@@ -127,7 +87,21 @@ class DeviceLoader:
     Each batch is `(x, y)`: x float equal to torchvision's ToTensor() (then Normalize(mean, std) when
     normalize is given, after Resize(resize) when resize is given), y int64. The per-epoch order comes from
     `epoch_indices`, the same as `EpochSampler`'s. Iterating to the end advances the epoch by one, so plain
-    loops reshuffle; the engine sets it explicitly through `set_epoch`.
+    loops reshuffle; the engine sets it explicitly through `set_epoch` and resumes through `skip_batches`
+    (the resumable-data protocol, `ember.engine.resumable`).
+
+    Args:
+        dataset: a torchvision dataset with `.data`/`.targets` (loaded with transform=None), a Subset of one,
+            or a pair (uint8 images N×C×H×W, targets); see `dataset_tensors`.
+        batch_size: samples per batch.
+        shuffle: shuffle each epoch (`epoch_indices`), else the samples in order.
+        seed: the run's data seed.
+        drop_last: drop the last, smaller batch.
+        device: where the images live and the batches are made (default CPU).
+        normalize: (mean, std) as torchvision's Normalize takes them, or None.
+        resize: resize the images once, as torchvision's Resize(resize) would, or None.
+        num_replicas: number of ranks sharing the data.
+        rank: this rank, in 0..num_replicas-1.
     """
 
     def __init__(
@@ -151,7 +125,7 @@ class DeviceLoader:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        _check_shard(num_replicas, rank)
+        check_shard(num_replicas, rank)
         self.dataset = dataset
         images, targets = dataset_tensors(dataset)
         if resize is not None:
@@ -247,146 +221,3 @@ def _stats(normalize: Normalization | None, dtype: torch.dtype, device: torch.de
     if (std == 0).any():
         raise ValueError(f"normalize std must be non-zero, got {normalize[1]}")
     return (mean.view(-1, 1, 1) if mean.ndim == 1 else mean), (std.view(-1, 1, 1) if std.ndim == 1 else std)
-
-
-class EpochSampler(Sampler[int]):
-    """Sampler for the DataLoader path with DeviceLoader's order: `epoch_indices(seed, epoch)`, sharded by rank.
-
-    With shuffle=False it yields 0..n-1. Iterating to the end advances the epoch by one; `set_epoch` sets it.
-    """
-
-    def __init__(
-        self, data_source: Any, *, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0
-    ) -> None:
-        super().__init__()
-        _check_shard(num_replicas, rank)
-        self.n = data_source if isinstance(data_source, int) else len(data_source)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self._skip = 0
-
-    def __len__(self) -> int:
-        """Samples per epoch for this rank."""
-        return math.ceil(self.n / self.num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration draws."""
-        self.epoch = epoch
-
-    def skip_samples(self, n: int) -> None:
-        """Start the next iteration (only) after its first n samples, to resume an epoch mid-way."""
-        self._skip = n
-
-    def state_dict(self) -> dict[str, int]:
-        """Epoch and seed as plain ints."""
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore epoch and seed saved by `state_dict`."""
-        self.epoch = int(state["epoch"])
-        self.seed = int(state["seed"])
-
-    def __iter__(self) -> Iterator[int]:
-        """Yield this epoch's indices, from the skipped-to sample on."""
-        epoch, skip = self.epoch, self._skip
-        self._skip = 0
-        order = epoch_indices(
-            self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle, num_replicas=self.num_replicas, rank=self.rank
-        )
-        yield from order[skip:].tolist()
-        self.epoch = epoch + 1
-
-
-def torchvision_transform(normalize: Normalization | None = None, resize: Size | None = None) -> Any:
-    """The torchvision pipeline DeviceLoader reproduces: [Resize(resize)] + ToTensor() + [Normalize(mean, std)]."""
-    steps: list[Any] = [transforms.Resize(resize)] if resize is not None else []
-    steps.append(transforms.ToTensor())
-    if normalize is not None:
-        steps.append(transforms.Normalize(*normalize))
-    return transforms.Compose(steps)
-
-
-def _with_transform(dataset: Dataset, transform: Any) -> Dataset:
-    """A shallow copy of a torchvision dataset (or Subset of one) reading through transform."""
-    if isinstance(dataset, Subset):
-        return Subset(_with_transform(dataset.dataset, transform), dataset.indices)
-    if getattr(dataset, "transform", None) is not None:
-        raise ValueError("make_loader builds the transforms itself; load the dataset with transform=None")
-    dataset = copy.copy(dataset)
-    dataset.transform = transform  # type: ignore[attr-defined]
-    if hasattr(dataset, "transforms"):
-        target_transform = getattr(dataset, "target_transform", None)
-        dataset.transforms = StandardTransform(transform, target_transform)  # type: ignore[attr-defined]
-    return dataset
-
-
-def make_loader(
-    dataset: Any,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    device: Device = None,
-    path: Literal["fast", "dataloader"] = "fast",
-    normalize: Normalization | None = None,
-    resize: Size | None = None,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    num_replicas: int = 1,
-    rank: int = 0,
-    pin_memory: bool | None = None,
-) -> DeviceLoader | DataLoader:
-    """The recipes' one way to batch a dataset: a DeviceLoader ("fast") or a DataLoader ("dataloader").
-
-    Both give the same batches in the same order; the DataLoader path runs torchvision's own transforms
-    (`torchvision_transform(normalize, resize)`) with an `EpochSampler` and yields CPU tensors.
-    """
-    if path == "fast":
-        return DeviceLoader(
-            dataset,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-            device=device,
-            normalize=normalize,
-            resize=resize,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-    if path != "dataloader":
-        raise ValueError(f"unknown data path {path!r}: use 'fast' or 'dataloader'")
-    data = _with_transform(dataset, torchvision_transform(normalize, resize))
-    if pin_memory is None:
-        pin_memory = device is not None and torch.device(device).type == "cuda"
-    sampler = EpochSampler(len(data), shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
-    return DataLoader(
-        data,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        # Each iter() draws the workers' base seed from this generator: from the global one, a resumed run
-        # (which starts a new iterator mid-epoch) would shift every later Dropout mask and random draw.
-        generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
-    )
-
-
-# Sent by a terminal or a scheduler to the whole process group. SIGTERM is left alone: torch's own shutdown
-# ends workers with it, and a worker that ignored it would hang the interpreter's exit.
-_WORKER_IGNORED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, n))
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn`: workers ignore SIGINT, SIGHUP and SIGUSR1, so that Ctrl-C in a terminal, a
-    closed ssh session or SLURM's warning, sent to the whole process group, stops only the main process, which
-    then finishes its iteration and shuts its workers down itself. (A process-group SIGTERM still ends the
-    workers; `ember.fit` treats their deaths as part of that stop.)"""
-    for s in _WORKER_IGNORED:
-        signal.signal(s, signal.SIG_IGN)
