@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_WRAPPED: weakref.WeakSet[nn.parallel.DistributedDataParallel] = weakref.WeakSet()  # made by wrap_model
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -192,8 +194,11 @@ def wrap_model(model: nn.Module, device: torch.device | str | None = None) -> nn
     device = torch.device(device) if device is not None else _param_device(model)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return nn.parallel.DistributedDataParallel(model, device_ids=[index], output_device=index)
-    return nn.parallel.DistributedDataParallel(model)
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[index], output_device=index)
+    else:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+    _WRAPPED.add(wrapped)
+    return wrapped
 
 
 def _param_device(model: nn.Module) -> torch.device:
@@ -214,8 +219,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def cleanup() -> None:
-    """Leave and destroy the process group (at the end of training); a no-op when not distributed."""
+    """Leave and destroy the process group (at the end of training); a no-op when not distributed.
+
+    First it drops the gradient reducers of the DDP wrappers `wrap_model` made: a reducer that outlives its
+    process group can abort the process as it exits ("terminate called without an active exception", SIGABRT;
+    about one exit in eight with gloo and torch 2.14), so torchrun reports a finished run as failed. A wrapper
+    cannot train once its group is gone anyway; `unwrap(model)` still gives the trained module.
+    """
     if not is_enabled():
         return
+    for wrapped in list(_WRAPPED):
+        if hasattr(wrapped, "reducer"):
+            wrapped.logger = None  # the C++ logger holds the reducer too
+            del wrapped.reducer
+    _WRAPPED.clear()
     dist.destroy_process_group()
     _sync_ignite()

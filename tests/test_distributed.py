@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
 from ember import distributed as dist
@@ -235,6 +236,19 @@ def test_single_process_helpers_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> N
     assert dist.unwrap(_Compiled(model)) is model and dist.unwrap(model) is model
     assert dist.main_only(lambda x: x + 1)(1) == 2
     dist.cleanup()
+
+
+def test_cleanup_drops_the_ddp_reducers_before_the_process_group(tmp_path: Path) -> None:
+    """A reducer outliving its gloo group aborts some exits (SIGABRT), so cleanup() releases wrap_model's first."""
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    net = nn.Linear(2, 2)
+    model = dist.wrap_model(net, "cpu")
+    assert isinstance(model, nn.parallel.DistributedDataParallel) and hasattr(model, "reducer")
+    model(torch.ones(3, 2)).sum().backward()
+    dist.cleanup()
+    assert not dist.is_enabled()
+    assert not hasattr(model, "reducer")
+    assert dist.unwrap(model) is net and net(torch.ones(1, 2)).shape == (1, 2)
 
 
 def test_world_size_without_torchrun_variables_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
