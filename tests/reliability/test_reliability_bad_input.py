@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from reliability_programs.harness import (
+from harness import (
     checkpoint_files,
     error_lines,
     hooked_trainers,

@@ -109,7 +109,7 @@ WITH_TENSORBOARD = {"mnist-mlp-plateau", "fashion-mnist-cnn"}
 
 
 def test_every_recipe_is_tested():
-    # fashion-mnist-speedrun reproduces no seed; tests/test_speedrun.py checks its lines.
+    # fashion-mnist-speedrun reproduces no seed; tests/recipes/test_speedrun.py checks its lines.
     assert set(SEED_LINES) | {"fashion-mnist-speedrun"} == set(RECIPES)
 
 

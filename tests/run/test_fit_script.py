@@ -1,4 +1,4 @@
-"""The run guarantees hold for a plain script: tests/fit_programs/user_script.py, a user's own model and
+"""The run guarantees hold for a plain script: tests/run/programs/user_script.py, a user's own model and
 DataLoader around `ember.fit`, run as child processes (started together so that their start-up overlaps).
 
 Graceful stop on SIGTERM, SIGINT, SIGHUP and SIGUSR1 (finish the iteration, checkpoint, exit 128 + signal), exact
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_programs.harness import Child, assert_same, load_payload
+from harness import Child, assert_same, load_payload
 from torch import nn
 
 import ember
@@ -27,7 +27,7 @@ from ember.callbacks import Checkpoint
 from ember.engine import create_trainer
 from ember.run import RunError, RunRecord
 
-PROGRAMS = Path(__file__).resolve().parent / "fit_programs"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
 STEPS = 12  # 48 samples, batch 8, 2 epochs
 SIGNALS = {"SIGTERM": 143, "SIGINT": 130, "SIGHUP": 129, "SIGUSR1": 138}
 

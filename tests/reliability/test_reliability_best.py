@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from reliability_programs.harness import assert_same, checkpoint_files, load_payload
+from harness import assert_same, checkpoint_files, load_payload
 from torch import nn
 from torch.nn import functional as F
 

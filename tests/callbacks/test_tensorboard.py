@@ -1,6 +1,6 @@
 """TensorBoardLogger: event files read back (layout, pictures, hparams, resume state), histograms, errors.
 
-tests/test_tensorboard_served.py reads recipe runs back through a real tensorboard server."""
+tests/callbacks/test_tensorboard_served.py reads recipe runs back through a real tensorboard server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A fork server for tests/test_reliability_kill.py: imports torch once, then forks one training run per command,
+"""A fork server for test_reliability_kill.py: imports torch once, then forks one training run per command,
 so that a test can SIGKILL many runs without paying Python + torch start-up each time.
 
 Each stdin line is a JSON command {"dir", "config", "out", "hook", "hook_after", "pace"}. The forked run

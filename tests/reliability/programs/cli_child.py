@@ -1,4 +1,4 @@
-"""`ember` with test-only trainer hooks, for the subprocess tests of tests/test_reliability_*.py.
+"""`ember` with test-only trainer hooks, for the subprocess tests of tests/reliability/test_reliability_*.py.
 
     python cli_child.py [--pace S] [--pause-at K --pause S [--stuck]] -- train RECIPE [flags]
 
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from harness import hooked_trainers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, which holds harness.py
 
-from ember.recipes.cli import main
+from harness import hooked_trainers  # noqa: E402
+
+from ember.recipes.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     split = sys.argv.index("--")

@@ -1,4 +1,4 @@
-"""A tiny DDP training run with ember, for tests/test_distributed.py: run it under torchrun or as one process.
+"""A tiny DDP training run with ember, for test_distributed.py: run it under torchrun or as one process.
 
 It trains a small MLP on in-memory data sharded by DistributedSampler, evaluates ignite metrics on an
 uneven shard per rank, optionally saves (rank 0) or resumes (every rank) a Checkpoint, and has rank 0

@@ -6,7 +6,7 @@ and at an epoch boundary, resumed in fresh objects after every RNG was scrambled
 optimizer state, and the resumed run sees exactly the remaining batches of the epoch, each once.
 Command line: `ember train mnist-lenet` (shuffled) stopped by the hidden `--max-iterations`, resumed twice
 with `--resume`, on both data paths; resuming the finished run does nothing. (SIGKILL after a checkpoint,
-then resume: tests/test_reliability_kill.py and tests/test_reliability_signals.py.)
+then resume: tests/reliability/test_reliability_kill.py and test_reliability_signals.py.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_programs.harness import (
+from harness import (
     assert_same,
     checkpoint_files,
     load_payload,

@@ -1,6 +1,6 @@
 """Promise 5: bad checkpoints through `ember train --resume`: truncated, empty, random bytes, another model's,
 a pickle that would run code. One clear error line naming the file, exit status 1, no traceback, nothing
-executed, nothing changed. (The class-level cases are in tests/test_checkpoint.py.)"""
+executed, nothing changed. (The class-level cases are in tests/checkpoint/test_checkpoint.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_programs.harness import error_lines, load_payload, run_cli, write_tiny_mnist
+from harness import error_lines, load_payload, run_cli, write_tiny_mnist
 
 from ember.callbacks import Checkpoint
 

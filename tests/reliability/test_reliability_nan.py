@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_programs.harness import (
+from harness import (
     assert_same,
     checkpoint_files,
     hooked_trainers,

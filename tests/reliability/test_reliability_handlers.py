@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from reliability_programs.harness import (
+from harness import (
     HandlerFault,
     assert_same,
     attach_hooks,

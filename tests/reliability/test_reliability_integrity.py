@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_programs.harness import assert_same, error_lines, load_payload, run_cli, write_tiny_mnist
+from harness import assert_same, error_lines, load_payload, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
 

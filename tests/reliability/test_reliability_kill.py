@@ -1,6 +1,6 @@
 """Promise 1: whole checkpoints under kill -9.
 
-A fork server (reliability_programs/kill_server.py) runs a small shuffled Dropout training that checkpoints
+A fork server (programs/kill_server.py) runs a small shuffled Dropout training that checkpoints
 every iteration; the test SIGKILLs it 15 times at seeded moments (random times, and inside a save: half-way
 through writing the temp file, before the rename, between the rename and the eviction, just after the save)
 under three keep settings (keep-last 1; keep-last 1 + best-2 by a score with NaN/Inf; best-1 only). After
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_programs.harness import (
+from harness import (
     Child,
     assert_same,
     checkpoint_files,

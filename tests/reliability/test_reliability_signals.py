@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_programs.harness import Child, assert_same, load_payload, python, run_cli, write_tiny_mnist
+from harness import Child, assert_same, load_payload, python, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
 

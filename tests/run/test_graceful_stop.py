@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from reliability_programs.harness import load_payload
+from harness import load_payload
 from torch import nn
 from torch.nn import functional as F
 

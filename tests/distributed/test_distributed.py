@@ -1,6 +1,6 @@
 """Data-parallel training through torchrun (torch.distributed, gloo on CPU) and the ember.distributed helpers.
 
-The module fixture runs tests/ddp_programs/train_mlp.py four times, two at a time:
+The module fixture runs tests/distributed/programs/train_mlp.py four times, two at a time:
   two   - torchrun, 2 processes, batch 8 each; checkpoint after epoch 2 of 3
   one   - 1 process, batch 16 (the same global batch); checkpoint after epoch 2 of 3
   two_to_one - 1 process, batch 16, resumed from two's checkpoint
@@ -27,8 +27,8 @@ from torch import nn
 
 from ember import distributed as dist
 
-PROGRAM = Path(__file__).parent / "ddp_programs" / "train_mlp.py"
-REPO = Path(__file__).resolve().parent.parent
+PROGRAM = Path(__file__).parent / "programs" / "train_mlp.py"
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 150
 EPOCHS, ITERATIONS_PER_EPOCH = 3, 96 // 16  # train_mlp.py: 96 samples, global batch 16
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")

@@ -14,7 +14,7 @@ from ember.callbacks import Checkpoint
 from ember.recipes import data
 from ember.recipes.cli import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_recipe() -> str:

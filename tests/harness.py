@@ -1,6 +1,7 @@
-"""Shared pieces of tests/test_reliability_*.py: tiny set-ups, bitwise state comparison, CLI runs, child processes.
+"""Shared pieces of tests/reliability/ and tests/run/: tiny set-ups, bitwise state checks, CLI runs, child processes.
 
-The test modules import it as `reliability_programs.harness`; the child programs next to it as `harness`.
+The test modules import it as `harness` (setup.cfg puts tests/ on the path); so do the child programs in
+tests/reliability/programs/, which put tests/ on their own path first.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 
 from ember.engine import Engine, Events, order
 
-PROGRAMS = Path(__file__).resolve().parent
-REPO = PROGRAMS.parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+PROGRAMS = TESTS / "reliability" / "programs"
 CHECKPOINT_NAME = re.compile(r"^(best_)?.+_\d{9,}(_score=.+)?\.pt$")
 
 
@@ -278,5 +280,5 @@ class Child:
 
 
 def python(program: str, *args: str) -> list[str]:
-    """Command line running tests/reliability_programs/<program> with this interpreter."""
+    """Command line running tests/reliability/programs/<program> with this interpreter."""
     return [sys.executable, str(PROGRAMS / program), *map(str, args)]
