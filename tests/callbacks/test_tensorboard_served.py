@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 import torch
-from fakedata import write_fashion_mnist, write_mnist
+from fakedata import offline, write_fashion_mnist, write_mnist
 from PIL import Image
 
 from ember.callbacks import Checkpoint
-from ember.recipes import data
 from ember.recipes.cli import main
 
 pytestmark = pytest.mark.slow
@@ -99,10 +98,7 @@ def served(tmp_path_factory) -> dict[str, Any]:
     runs = base / "runs"
     found: dict[str, Any] = {"runs": runs}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMBER_OFFLINE", "1")
-        mp.delenv("EMBER_DATA", raising=False)
-        mp.setenv("EMBER_CACHE", str(base / "cache"))
-        mp.setattr(data, "DEBIAN_FASHION_MNIST", base / "no-debian")
+        offline(mp, base)
         train("fashion-mnist-speedrun", "--data-root", str(fashion), "--epochs", "2", "--batch-size", "32",
               "--logdir", str(runs / SPEED), "--checkpoint-dir", str(base / "ckpt-speed"), "--histograms", "--graph")
         plateau = ["mnist-mlp-plateau", "--data-root", str(mnist), "--epochs", "2", "--batch-size", "32",

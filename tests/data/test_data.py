@@ -22,13 +22,7 @@ from ember.recipes.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
-    """No network, no user data folder, and a cache inside the test's own folder."""
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
-    monkeypatch.delenv("EMBER_DATA", raising=False)
-    monkeypatch.setenv("EMBER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+pytestmark = pytest.mark.usefixtures("offline_data")  # no network, no user data, a private cache
 
 
 @pytest.fixture

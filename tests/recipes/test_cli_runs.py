@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import write_fashion_mnist
+from fakedata import offline, write_fashion_mnist
 from torch import nn
 
 from ember.callbacks import Checkpoint
 from ember.engine import Events, create_trainer
-from ember.recipes import data
 from ember.recipes.cli import main
 from ember.recipes.common import RunContext
 
@@ -27,8 +26,7 @@ MLP = "fashion-mnist-mlp"  # 256 training images at batch 64: 4 iterations an ep
 def isolated(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path / "fashion", n_train=256, n_test=64)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    offline(monkeypatch, tmp_path)
 
 
 def train(capsys, *flags: str, recipe: str = MLP) -> tuple[int, str, str]:

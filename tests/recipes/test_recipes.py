@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fakedata import accept_fake_cifar10, write_cifar10, write_fashion_mnist, write_mnist
+from fakedata import accept_fake_cifar10, offline, write_cifar10, write_fashion_mnist, write_mnist
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -21,7 +21,7 @@ from torchvision import transforms
 from ember.callbacks.loss_printer import loss_of
 from ember.engine import Events
 from ember.engine.fastdata import EpochSampler
-from ember.recipes import RECIPES, data, fashion_mnist_cnn, mnist_mlp_plateau
+from ember.recipes import RECIPES, fashion_mnist_cnn, mnist_mlp_plateau
 from ember.recipes.cli import main
 from ember.recipes.common import RunContext
 from ember.recipes.data import load_dataset
@@ -43,10 +43,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 def isolated(tmp_path, monkeypatch, datasets):
     """Run in the test's folder, offline, with a private cache, and accept the fake CIFAR-10 files."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
-    monkeypatch.delenv("EMBER_DATA", raising=False)
-    monkeypatch.setenv("EMBER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    offline(monkeypatch, tmp_path)
     with accept_fake_cifar10(datasets["cifar10"] / "cifar-10-batches-py"):
         yield
 

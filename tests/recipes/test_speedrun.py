@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import write_fashion_mnist
+from fakedata import offline, write_fashion_mnist
 
 from ember.callbacks import EvalEvents
 from ember.engine import Engine
-from ember.recipes import RECIPES, data
+from ember.recipes import RECIPES
 from ember.recipes.cli import main
 from ember.recipes.fashion_mnist_speedrun import SpeedNet, TimeToTarget, native_bf16
 
@@ -24,10 +24,7 @@ VERDICT = (r"(Reached 92% test accuracy in \d+\.\d s \(epoch 1\)"
 def fashion(tmp_path, monkeypatch) -> Path:
     """A small FashionMNIST, offline, in the test's own folder and cache."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
-    monkeypatch.delenv("EMBER_DATA", raising=False)
-    monkeypatch.setenv("EMBER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    offline(monkeypatch, tmp_path)
     write_fashion_mnist(tmp_path / "fashion", n_train=512, n_test=256)
     return tmp_path / "fashion"
 

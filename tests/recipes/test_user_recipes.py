@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import write_fashion_mnist
+from fakedata import offline, write_fashion_mnist
 
 from ember.callbacks import Checkpoint
-from ember.recipes import data
 from ember.recipes.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -39,8 +38,7 @@ def user_folder(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path / "fashion", n_train=128, n_test=64)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    offline(monkeypatch, tmp_path)
     return tmp_path
 
 

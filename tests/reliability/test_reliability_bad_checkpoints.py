@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import offline
 from harness import error_lines, load_payload, run_cli, write_tiny_mnist
 
 from ember.callbacks import Checkpoint
@@ -23,7 +24,7 @@ def setting(tmp_path_factory):
     base = tmp_path_factory.mktemp("badckpt")
     root = write_tiny_mnist(base / "mnist")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMBER_OFFLINE", "1")
+        offline(mp, base)
         code, out, err = run_cli(lenet(root, base / "good", "--max-iterations", "4"))
         assert code == 0, err
         yield {"root": root, "base": base, "good": (base / "good" / NAME).read_bytes()}

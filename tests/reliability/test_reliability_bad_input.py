@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from fakedata import offline
 from harness import (
     checkpoint_files,
     error_lines,
@@ -28,7 +29,7 @@ from harness import (
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMBER_OFFLINE", "1")
+        offline(mp, tmp_path_factory.mktemp("offline"))
         yield write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
 
 
@@ -64,7 +65,7 @@ def test_a_bad_batch_names_the_iteration_and_what_was_received(root, tmp_path, k
 
 
 def test_missing_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     code, out, err = run_cli(lenet(tmp_path / "nowhere", tmp_path / "ckpt", "--no-tensorboard"))
     line = one_error(code, err, expected_code=2)
     assert "MNIST data not found" in line and str(tmp_path / "nowhere") in line and "--data-root" in line

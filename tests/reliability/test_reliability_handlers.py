@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from fakedata import offline
 from harness import (
     HandlerFault,
     assert_same,
@@ -100,7 +101,7 @@ def test_an_exception_inside_the_step_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_handler_fault_through_the_cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     root = write_tiny_mnist(tmp_path / "mnist")
     argv = ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "2", "--batch-size", "8",
             "--checkpoint-dir", str(tmp_path / "ckpt"), "--logdir", str(tmp_path / "tb"), "--no-progress"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import offline
 from harness import assert_same, error_lines, load_payload, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
@@ -212,7 +213,7 @@ def lenet_setting(tmp_path_factory):
     base = tmp_path_factory.mktemp("integrity")
     root = write_tiny_mnist(base / "mnist")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMBER_OFFLINE", "1")
+        offline(mp, base)
         code, out, err = run_cli(lenet(root, base / "good", "--max-iterations", "4", "--checkpoint-every", "2"))
         assert code == 0, err
         yield root, base / "good"
@@ -240,7 +241,7 @@ CLI_BAD = {
 
 @pytest.mark.parametrize("kind", list(CLI_BAD))
 def test_cli_resume_falls_back_past_a_bad_newest_file_with_one_warning(lenet_setting, tmp_path, monkeypatch, kind):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     root, good = lenet_setting
     folder = tmp_path / "ckpt"
     shutil.copytree(good, folder)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import offline
 from harness import (
     assert_same,
     checkpoint_files,
@@ -81,7 +82,7 @@ def test_non_finite_loss_with_finite_weights_is_not_saved_after_the_stop(tmp_pat
 
 
 def test_nan_through_the_cli_exits_non_zero_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     root = write_tiny_mnist(tmp_path / "mnist")
     folder = tmp_path / "ckpt"
     argv = ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "2", "--batch-size", "8",
@@ -142,7 +143,7 @@ def test_fp16_skipped_steps_are_not_failures_and_the_scaler_state_is_checkpointe
 
 
 def test_fp16_resume_through_cli_keeps_the_scaler(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     root: Path = write_tiny_mnist(tmp_path / "mnist")
     base = ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "2", "--batch-size", "8", "--amp",
             "fp16", "--no-tensorboard", "--no-progress", "--device", "cpu"]
@@ -196,7 +197,7 @@ def test_the_nan_message_is_printed_once_without_logging_configured(tmp_path, ca
 
 
 def test_cli_checkpoint_every_1_with_nan_warns_once_and_prints_the_stop_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     monkeypatch.setattr(logging.root, "handlers", [])
     root = write_tiny_mnist(tmp_path / "mnist")
     folder = tmp_path / "ckpt"

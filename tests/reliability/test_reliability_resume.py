@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import offline
 from harness import (
     assert_same,
     checkpoint_files,
@@ -140,7 +141,7 @@ def final_checkpoint(folder: Path) -> dict:
 
 @pytest.mark.parametrize("path", ["fast", "dataloader"])
 def test_cli_max_iterations_then_resume_twice_equals_a_straight_run(mnist_root, tmp_path, monkeypatch, path):
-    monkeypatch.setenv("EMBER_OFFLINE", "1")
+    offline(monkeypatch, tmp_path)
     code, out, err = lenet(mnist_root, tmp_path / "straight", path)
     assert code == 0, err
     straight = final_checkpoint(tmp_path / "straight")

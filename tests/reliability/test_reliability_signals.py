@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import offline
 from harness import Child, assert_same, load_payload, python, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
@@ -39,7 +40,7 @@ def lenet_args(root: Path, folder: Path, path: str = "fast", *extra: str) -> lis
 def setting(tmp_path_factory):
     """Data, the four children (started at once), and uninterrupted runs of both data paths."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMBER_OFFLINE", "1")
+        offline(mp, tmp_path_factory.mktemp("offline"))
         yield from _setting(tmp_path_factory)
 
 

@@ -1,0 +1,20 @@
+"""Fixtures shared by the test folders (tests/ mirrors ember/: engine, steps, data, checkpoint, callbacks, ...).
+
+Helper modules next to this file, importable by name from every test (setup.cfg puts tests/ on the path):
+fakedata.py (datasets in their real on-disk formats, `offline`) and harness.py (child processes, bitwise
+state comparison, CLI runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakedata import offline
+
+
+@pytest.fixture
+def offline_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's folder, with ember's data search limited to what the test writes (`fakedata.offline`)."""
+    offline(monkeypatch, tmp_path)
+    return tmp_path
