@@ -1,12 +1,8 @@
 """The overhead benchmark harness runs end to end on a tiny configuration (its speed is not tested here)."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import overhead  # noqa: E402
+from benchmarks import overhead
 
 
 def test_overhead_benchmark_prints_table_and_writes_json(tmp_path, capsys):

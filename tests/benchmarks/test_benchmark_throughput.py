@@ -1,16 +1,12 @@
 """The throughput benchmark harness runs end to end on tiny configurations (its speed is not tested here)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from fakedata import write_fashion_mnist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import throughput  # noqa: E402
-from fakedata import write_fashion_mnist  # noqa: E402
+from benchmarks.throughput import cli as throughput
 
 STATS = {"median", "min", "max"}
 
