@@ -32,6 +32,26 @@ def seed_test_loop(dataloader: Any, model: nn.Module, loss_fn: Callable, device:
     return correct
 
 
+def seed004_epoch(network: nn.Module, train_loader: Any, optimizer: torch.optim.Optimizer,
+                  device: torch.device | None = None) -> tuple[float, int]:
+    """One epoch of seed 004's loop as deeplizard writes it: the `.item()` sums of the loss and the correct count.
+
+    tests/recipes/test_recipes.py checks the fashion-mnist-cnn recipe's printed figures against it.
+    """
+    total_loss, total_correct = 0, 0
+    for batch in train_loader:
+        images, labels = batch
+        images, labels = images.to(device), labels.to(device)
+        preds = network(images)
+        loss = F.cross_entropy(preds, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item()
+        total_correct += preds.argmax(dim=1).eq(labels).sum().item()
+    return total_loss, total_correct
+
+
 def run_seed(job: Job) -> float:
     """The seed's loop as written (seed 000, 001 or 004), with its test loop after each epoch."""
     cfg, lr, epochs, loaders, device, clock = job.cfg, job.lr, job.epochs, job.loaders, job.device, job.clock
@@ -69,17 +89,7 @@ def run_seed(job: Job) -> float:
                           f"Loss: {running_loss / 100:.4f}")
                     running_loss = 0.0
         else:
-            total_loss, total_correct = 0, 0
-            for batch in dataloader:
-                images, labels = batch
-                images, labels = images.to(device), labels.to(device)
-                preds = model(images)
-                loss = F.cross_entropy(preds, labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item()
-                total_correct += preds.argmax(dim=1).eq(labels).sum().item()
+            total_loss, total_correct = seed004_epoch(model, dataloader, optimizer, device)
             print("epoch:", epoch, "total_correct:", total_correct, "loss:", total_loss)
         clock.train_done()
         accuracy = seed_test_loop(test_dataloader, model, loss_fn, device)

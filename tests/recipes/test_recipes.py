@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from fakedata import accept_fake_cifar10, offline, write_cifar10, write_fashion_mnist, write_mnist
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from benchmarks.throughput.seed_loop import seed004_epoch
 from ember.callbacks.loss_printer import loss_of
 from ember.engine import Events
 from ember.engine.fastdata import EpochSampler
@@ -181,16 +181,7 @@ def test_fashion_mnist_cnn_prints_the_seed_loop_figures(capsys, datasets):
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
     expected = []
     for epoch in range(2):
-        total_loss = 0
-        total_correct = 0
-        for images, labels in train_loader:
-            preds = network(images)
-            loss = F.cross_entropy(preds, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
-            total_correct += preds.argmax(dim=1).eq(labels).sum().item()
+        total_loss, total_correct = seed004_epoch(network, train_loader, optimizer)
         expected.append((str(epoch), str(total_correct), str(total_loss)))
     assert printed == expected
 
