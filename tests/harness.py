@@ -81,6 +81,15 @@ def write_tiny_mnist(root: Path, n_train: int = 48, n_test: int = 16) -> Path:
     return root
 
 
+def lenet_argv(root: Path, folder: Path, *extra: str, epochs: int = 1, batch_size: int = 8,
+               tensorboard: bool = False) -> list[str]:
+    """`ember` arguments of a short mnist-lenet run on the CPU: data from `root`, checkpoints in `folder`, no
+    progress bar and (unless `tensorboard`) no TensorBoard logs, then `extra` (later flags win)."""
+    quiet = [] if tensorboard else ["--no-tensorboard"]
+    return ["train", "mnist-lenet", "--data-root", str(root), "--epochs", str(epochs), "--batch-size", str(batch_size),
+            "--checkpoint-dir", str(folder), *quiet, "--no-progress", "--device", "cpu", *extra]
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """`ember <argv>` in this process: (exit status, stdout, stderr). It computes with one thread, as the
     child processes do (child_env), so that runs split between a child and this process match bit for bit."""

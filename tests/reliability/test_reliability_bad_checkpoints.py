@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import offline
-from harness import error_lines, load_payload, run_cli, write_tiny_mnist
+from harness import error_lines, lenet_argv, load_payload, run_cli, write_tiny_mnist
 
 from ember.callbacks import Checkpoint
 
@@ -19,20 +18,13 @@ NAME = "checkpoint_000000004.pt"
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, offline_data_for_module):
     """Data and one good mnist-lenet checkpoint (iteration 4)."""
     base = tmp_path_factory.mktemp("badckpt")
     root = write_tiny_mnist(base / "mnist")
-    with pytest.MonkeyPatch.context() as mp:
-        offline(mp, base)
-        code, out, err = run_cli(lenet(root, base / "good", "--max-iterations", "4"))
-        assert code == 0, err
-        yield {"root": root, "base": base, "good": (base / "good" / NAME).read_bytes()}
-
-
-def lenet(root: Path, folder: Path, *extra: str) -> list[str]:
-    return ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
-            "--checkpoint-dir", str(folder), "--no-tensorboard", "--no-progress", "--device", "cpu", *extra]
+    code, out, err = run_cli(lenet_argv(root, base / "good", "--max-iterations", "4"))
+    assert code == 0, err
+    return {"root": root, "base": base, "good": (base / "good" / NAME).read_bytes()}
 
 
 class Evil:
@@ -75,7 +67,7 @@ def test_resume_from_a_bad_checkpoint_is_one_clear_error(setting, tmp_path, kind
     before = (folder / NAME).read_bytes()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        code, out, err = run_cli(lenet(setting["root"], folder, "--resume"))
+        code, out, err = run_cli(lenet_argv(setting["root"], folder, "--resume"))
     assert code == 1, out + err
     lines = error_lines(err)
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -94,7 +86,7 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(setting, tmp_path):
     newest = folder / "checkpoint_000000005.pt"
     newest.write_bytes(setting["good"][:1000])
     with pytest.warns(RuntimeWarning, match=f"skipping checkpoint {newest}"):
-        code, out, err = run_cli(lenet(setting["root"], folder, "--resume"))
+        code, out, err = run_cli(lenet_argv(setting["root"], folder, "--resume"))
     assert code == 0 and f"Resumed from {folder / NAME} at epoch 1, iteration 4" in out, out + err
     # the corrupt file counted as the oldest of --keep-last 2, so it went first
     assert sorted(os.listdir(folder)) == [NAME, "checkpoint_000000006.pt"]

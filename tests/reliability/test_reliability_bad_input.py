@@ -19,6 +19,7 @@ from harness import (
     checkpoint_files,
     error_lines,
     hooked_trainers,
+    lenet_argv,
     load_payload,
     run_cli,
     temp_files,
@@ -27,15 +28,8 @@ from harness import (
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        offline(mp, tmp_path_factory.mktemp("offline"))
-        yield write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
-
-
-def lenet(root, folder, *extra: str) -> list[str]:
-    return ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
-            "--checkpoint-dir", str(folder), "--no-progress", "--device", "cpu", *extra]
+def root(tmp_path_factory, offline_data_for_module):
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
 
 
 def one_error(code: int, err: str, expected_code: int = 1) -> str:
@@ -56,7 +50,7 @@ def test_a_bad_batch_names_the_iteration_and_what_was_received(root, tmp_path, k
     corrupt, received = CORRUPT[kind]
     with hooked_trainers(corrupt_at=3, corrupt=corrupt), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, out, err = run_cli(lenet(root, tmp_path, "--no-tensorboard", "--checkpoint-every", "2"))
+        code, out, err = run_cli(lenet_argv(root, tmp_path, "--checkpoint-every", "2"))
     line = one_error(code, err)
     assert "at epoch 1, iteration 3" in line and received in line, line
     # the step of iteration 3 never finished: no checkpoint claims it; iteration 2's is intact
@@ -66,7 +60,7 @@ def test_a_bad_batch_names_the_iteration_and_what_was_received(root, tmp_path, k
 
 def test_missing_dataset(tmp_path, monkeypatch):
     offline(monkeypatch, tmp_path)
-    code, out, err = run_cli(lenet(tmp_path / "nowhere", tmp_path / "ckpt", "--no-tensorboard"))
+    code, out, err = run_cli(lenet_argv(tmp_path / "nowhere", tmp_path / "ckpt"))
     line = one_error(code, err, expected_code=2)
     assert "MNIST data not found" in line and str(tmp_path / "nowhere") in line and "--data-root" in line
 
@@ -77,10 +71,10 @@ def test_a_folder_that_cannot_be_written(root, tmp_path, which):
     blocker.write_text("a regular file where a folder should be")
     bad = blocker / "sub"
     if which == "checkpoint":
-        code, out, err = run_cli(lenet(root, bad, "--no-tensorboard"))
+        code, out, err = run_cli(lenet_argv(root, bad))
         expected = f"cannot use {bad} as the checkpoint folder"
     else:
-        code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--logdir", str(bad)))
+        code, out, err = run_cli(lenet_argv(root, tmp_path / "ckpt", "--logdir", str(bad), tensorboard=True))
         expected = f"cannot write TensorBoard logs to {bad}"
     line = one_error(code, err)
     assert expected in line and "Not a directory" in line, line
@@ -102,7 +96,7 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
 
     folder = tmp_path / "ckpt"
     monkeypatch.setattr(torch, "save", full_disk)
-    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--checkpoint-every", "2", "--keep-last", "5"))
+    code, out, err = run_cli(lenet_argv(root, folder, "--checkpoint-every", "2", "--keep-last", "5"))
     line = one_error(code, err)
     assert f"could not write checkpoint {folder / 'checkpoint_000000006.pt'} at iteration 6" in line, line
     assert "No space left on device" in line and "earlier checkpoints are untouched" in line
@@ -111,7 +105,7 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
     assert [load_payload(folder / n)["step"] for n in checkpoint_files(folder)] == [2, 4]
 
     monkeypatch.setattr(torch, "save", real_save)  # space freed: the run resumes from iteration 4
-    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--resume"))
+    code, out, err = run_cli(lenet_argv(root, folder, "--resume"))
     assert code == 0 and "iteration 4" in out, out + err
 
 
@@ -126,7 +120,7 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
     ],
 )
 def test_bad_flag_values_are_refused_in_one_line(root, tmp_path, flag, value, expected):
-    code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--no-tensorboard", flag, value))
+    code, out, err = run_cli(lenet_argv(root, tmp_path / "ckpt", flag, value))
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1 and errors[0].endswith(expected), err
     assert "Traceback" not in err and "Epoch" not in out and not (tmp_path / "ckpt").exists()
@@ -155,11 +149,11 @@ def small_disk(tmp_path):
 
 
 def test_a_really_full_disk_says_so_for_checkpoints_and_keeps_the_earlier_ones(root, tmp_path, small_disk):
-    code, out, err = run_cli(lenet(root, tmp_path / "probe", "--no-tensorboard", "--max-iterations", "1"))
+    code, out, err = run_cli(lenet_argv(root, tmp_path / "probe", "--max-iterations", "1"))
     assert code == 0, err
     size = os.path.getsize(tmp_path / "probe" / "checkpoint_000000001.pt")
     folder = small_disk((size * 5 // 2) // 1024 + 8) / "ckpt"  # room for two checkpoints, not three
-    code, out, err = run_cli(lenet(root, folder, "--no-tensorboard", "--checkpoint-every", "1", "--keep-last", "5"))
+    code, out, err = run_cli(lenet_argv(root, folder, "--checkpoint-every", "1", "--keep-last", "5"))
     line = one_error(code, err)
     assert "could not write checkpoint" in line and f"the disk is full (No space left on device) in {folder}" in line
     assert "unexpected pos" not in line and "earlier checkpoints are untouched" in line, line
@@ -175,8 +169,8 @@ def test_a_really_full_disk_says_so_for_tensorboard_logs(root, tmp_path, small_d
     (disk / "filler").write_bytes(b"\0" * (44 * 1024))  # leave 20 KiB: the first events fit, later ones not
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code, out, err = run_cli(lenet(root, tmp_path / "ckpt", "--logdir", str(logdir), "--epochs", "40",
-                                       "--checkpoint-every", "2"))
+        code, out, err = run_cli(lenet_argv(root, tmp_path / "ckpt", "--logdir", str(logdir), "--epochs", "40",
+                                            "--checkpoint-every", "2", tensorboard=True))
     line = one_error(code, err)
     assert f"cannot write TensorBoard logs to {logdir}: the disk is full (No space left on device)" in line, line
     assert "Exception in thread" not in err and "Traceback" not in err, err

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from fakedata import offline
-from harness import assert_same, error_lines, load_payload, run_cli, write_tiny_mnist
+from harness import assert_same, error_lines, lenet_argv, load_payload, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
 
@@ -209,19 +209,12 @@ def test_an_optimizer_of_other_groups_is_refused_before_anything_changes(folder)
 
 # ---------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
-def lenet_setting(tmp_path_factory):
+def lenet_setting(tmp_path_factory, offline_data_for_module):
     base = tmp_path_factory.mktemp("integrity")
     root = write_tiny_mnist(base / "mnist")
-    with pytest.MonkeyPatch.context() as mp:
-        offline(mp, base)
-        code, out, err = run_cli(lenet(root, base / "good", "--max-iterations", "4", "--checkpoint-every", "2"))
-        assert code == 0, err
-        yield root, base / "good"
-
-
-def lenet(root: Path, folder: Path, *extra: str) -> list[str]:
-    return ["train", "mnist-lenet", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
-            "--checkpoint-dir", str(folder), "--no-tensorboard", "--no-progress", "--device", "cpu", *extra]
+    code, out, err = run_cli(lenet_argv(root, base / "good", "--max-iterations", "4", "--checkpoint-every", "2"))
+    assert code == 0, err
+    return root, base / "good"
 
 
 def flip_weights(path: Path) -> None:
@@ -249,7 +242,7 @@ def test_cli_resume_falls_back_past_a_bad_newest_file_with_one_warning(lenet_set
     damage(folder / "checkpoint_000000004.pt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, out, err = run_cli(lenet(root, folder, "--resume", "--max-iterations", "5"))
+        code, out, err = run_cli(lenet_argv(root, folder, "--resume", "--max-iterations", "5"))
     assert code == 0 and f"Resumed from {folder / 'checkpoint_000000002.pt'}" in out, out + err
     skipped = [str(w.message) for w in caught if "checkpoint_000000004.pt" in str(w.message)]
     assert len(skipped) == 1 and expected in skipped[0] and "\n" not in skipped[0], skipped
@@ -261,7 +254,7 @@ def test_cli_resume_falls_back_past_a_bad_newest_file_with_one_warning(lenet_set
     damage(only / "checkpoint_000000004.pt")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        code, out, err = run_cli(lenet(root, only, "--resume"))
+        code, out, err = run_cli(lenet_argv(root, only, "--resume"))
     lines = error_lines(err)
     assert code == 1 and len(lines) == 1 and str(only / "checkpoint_000000004.pt") in lines[0], err
     assert expected in lines[0] and "Traceback" not in err

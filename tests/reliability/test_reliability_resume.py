@@ -21,6 +21,7 @@ from fakedata import offline
 from harness import (
     assert_same,
     checkpoint_files,
+    lenet_argv,
     load_payload,
     run_cli,
     write_tiny_mnist,
@@ -128,11 +129,7 @@ def test_rng_restore_is_what_makes_dropout_resume_exact(mnist_root, tmp_path):
 
 
 def lenet(root: Path, folder: Path, path: str, *extra: str) -> tuple[int, str, str]:
-    return run_cli([
-        "train", "mnist-lenet", "--data-root", str(root), "--epochs", "2", "--batch-size", str(BATCH),
-        "--checkpoint-dir", str(folder), "--no-tensorboard", "--no-progress", "--device", "cpu",
-        "--data-path", path, *extra,
-    ])  # fmt: skip
+    return run_cli(lenet_argv(root, folder, "--data-path", path, *extra, epochs=2, batch_size=BATCH))
 
 
 def final_checkpoint(folder: Path) -> dict:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import offline
 from harness import Child, assert_same, load_payload, python, run_cli, write_tiny_mnist
 from torch import nn
 from torch.nn import functional as F
@@ -37,11 +36,9 @@ def lenet_args(root: Path, folder: Path, path: str = "fast", *extra: str) -> lis
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, offline_data_for_module):
     """Data, the four children (started at once), and uninterrupted runs of both data paths."""
-    with pytest.MonkeyPatch.context() as mp:
-        offline(mp, tmp_path_factory.mktemp("offline"))
-        yield from _setting(tmp_path_factory)
+    yield from _setting(tmp_path_factory)
 
 
 def _setting(tmp_path_factory):
