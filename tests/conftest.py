@@ -1,8 +1,8 @@
 """Fixtures shared by the test folders (tests/ mirrors ember/: engine, steps, data, checkpoint, callbacks, ...).
 
 Helper modules next to this file, importable by name from every test (setup.cfg puts tests/ on the path):
-fakedata.py (datasets in their real on-disk formats, `offline`) and harness.py (child processes, bitwise
-state comparison, CLI runs).
+fakedata.py (datasets in their real on-disk formats, `offline`) and harness.py (tiny trainers, bitwise
+state comparison, CLI runs and their arguments, child processes).
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
+from ember import create_trainer
 from ember.engine import Engine, Events, order
 
 TESTS = Path(__file__).resolve().parent
@@ -70,6 +73,20 @@ def checkpoint_files(dirname: str | os.PathLike[str]) -> list[str]:
 
 def temp_files(dirname: str | os.PathLike[str]) -> list[str]:
     return sorted(n for n in os.listdir(dirname) if n.startswith(".tmp-"))
+
+
+def tiny_regression(features: int, targets: int, *, hidden: int | None = None, lr: float = 0.1,
+                    loss_fn: Callable[[Any, Any], torch.Tensor] = F.mse_loss,
+                    seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Engine]:
+    """A tiny trainer, seeded (`torch.manual_seed(seed)`) before the model is made: nn.Linear(features,
+    targets), or Linear-ReLU-Linear through `hidden` units; plain SGD at `lr`; ember's trainer on `loss_fn`."""
+    torch.manual_seed(seed)
+    if hidden is None:
+        model: nn.Module = nn.Linear(features, targets)
+    else:
+        model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, targets))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return model, optimizer, create_trainer(model, optimizer, loss_fn)
 
 
 # ---------------------------------------------------------------------------------------------- CLI runs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import tiny_regression
 from ignite.metrics import Accuracy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,11 +20,9 @@ from ember.engine import Engine, Events, create_evaluator, create_trainer, order
 
 def make_trainer(seed: int = 0) -> tuple[Engine, torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
     """A real trainer on a tiny regression problem, with 8 batches per epoch."""
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(3, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, _, trainer = tiny_regression(3, 1, lr=0.05, loss_fn=torch.nn.MSELoss(), seed=seed)
     data = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(8)]
-    return create_trainer(model, optimizer, torch.nn.MSELoss()), model, data
+    return trainer, model, data
 
 
 def record_losses(engine: Engine) -> dict[int, float]:

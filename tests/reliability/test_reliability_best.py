@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from harness import assert_same, checkpoint_files, load_payload
+from harness import assert_same, checkpoint_files, load_payload, tiny_regression
 from torch import nn
 from torch.nn import functional as F
 
@@ -34,10 +34,7 @@ class Killed(BaseException):
 
 
 def build():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = create_trainer(model, optimizer, F.mse_loss)
+    model, optimizer, trainer = tiny_regression(4, 2, hidden=4)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(3, 4, generator=g), torch.randn(3, 2, generator=g)) for _ in range(len(SCORES))]
     return {"model": model, "optimizer": optimizer, "trainer": trainer}, batches

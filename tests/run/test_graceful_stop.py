@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from harness import load_payload
+from harness import load_payload, tiny_regression
 from torch import nn
 from torch.nn import functional as F
 
@@ -17,9 +17,7 @@ from ember.engine import Events, create_trainer
 
 
 def tiny_trainer():
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
-    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss)
+    model, _, trainer = tiny_regression(3, 2)
     data = [(torch.randn(4, 3), torch.randn(4, 2)) for _ in range(10)]
     return model, trainer, data
 
