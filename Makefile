@@ -36,8 +36,8 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c constraints.txt
-	$(BIN)/python benchmarks/overhead.py
-	$(BIN)/python benchmarks/throughput.py --device cpu --recipe fashion-mnist-mlp
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.throughput --device cpu --recipe fashion-mnist-mlp
 
 # Ignite's own engine and handlers tests, on Ignite and on ember (tools/ignite_suite.py; sdist cached in .cache/).
 ignite-suite: setup

@@ -13,7 +13,6 @@ medians with min..max. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -22,16 +21,22 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+if __name__ == "__main__" and not __package__:  # run as a script: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from ember.callbacks import Checkpoint
-from ember.recipes.fashion_mnist_mlp import NeuralNetwork
-from ember.steps import create_trainer
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks._report import add_json_option, markdown_table, publish, spread  # noqa: E402
+from ember.callbacks import Checkpoint  # noqa: E402
+from ember.recipes.fashion_mnist_mlp import NeuralNetwork  # noqa: E402
+from ember.steps import create_trainer  # noqa: E402
 
 BASELINE = "8020d78"  # the last commit before checkpoint integrity checks
+PARTS = ("save", "load", "total")  # the timings of a round, in the table's order
 
 
 def _module_at(revision: str, path: str, name: str) -> types.ModuleType:
@@ -76,7 +81,7 @@ def one_round(ckpt: Any, objects: dict[str, Any], step: int) -> tuple[float, flo
 
 def measure(repeats: int, folder: str, revision: str, same_rng: bool) -> dict[str, Any]:
     impls = {"before": baseline_checkpoint(revision, same_rng), "now": Checkpoint}
-    times: dict[str, dict[str, list[float]]] = {name: {"save": [], "load": [], "total": []} for name in impls}
+    times: dict[str, dict[str, list[float]]] = {name: {part: [] for part in PARTS} for name in impls}
     objects = setup()
     ckpts = {name: cls(objects, os.path.join(folder, name), keep_last=1) for name, cls in impls.items()}
     for ckpt in ckpts.values():  # warm-up: page cache, allocator, lazy imports
@@ -92,8 +97,7 @@ def measure(repeats: int, folder: str, revision: str, same_rng: bool) -> dict[st
                               "folder": os.path.abspath(folder), "python": platform.python_version(),
                               "torch": torch.__version__, "machine": platform.platform(), "ms": {}}
     for name, parts in times.items():
-        report["ms"][name] = {key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                              for key, v in parts.items()}
+        report["ms"][name] = {key: spread(v) for key, v in parts.items()}
     before, now = report["ms"]["before"]["total"]["median"], report["ms"]["now"]["total"]["median"]
     report["total_ratio"] = now / before
     ratios = sorted(n / b for n, b in zip(times["now"]["total"], times["before"]["total"]))
@@ -104,12 +108,10 @@ def measure(repeats: int, folder: str, revision: str, same_rng: bool) -> dict[st
 def table(report: dict[str, Any]) -> str:
     rng = ", 'before' with this tree's RNG capture" if report["same_rng"] else ""
     lines = [f"fashion-mnist-mlp checkpoint, {report['checkpoint_bytes']:,} bytes, {report['repeats']} interleaved "
-             f"repeats, in {report['folder']}{rng}", "",
-             "| code | save ms | load ms | save + load ms |", "|---|---|---|---|"]
-    for name, parts in report["ms"].items():
-        cells = [f"{p['median']:.2f} ({p['min']:.2f}..{p['max']:.2f})" for p in (parts[k] for k in
-                                                                                  ("save", "load", "total"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             f"repeats, in {report['folder']}{rng}", ""]
+    cells = [[name, *(f"{p['median']:.2f} ({p['min']:.2f}..{p['max']:.2f})" for p in map(parts.get, PARTS))]
+             for name, parts in report["ms"].items()]
+    lines += markdown_table(["code", "save ms", "load ms", "save + load ms"], cells, "llll")
     lines += ["", f"now / before (save + load, medians): {report['total_ratio']:.3f}; median of the paired "
                   f"ratios: {report['paired_ratio_median']:.3f}"]
     return "\n".join(lines)
@@ -122,17 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the code to compare with")
     parser.add_argument("--same-rng", action="store_true",
                         help="give 'before' this tree's RNG capture (tensors), to time only the checks on load")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
         report = measure(args.repeats, args.dir, args.baseline, args.same_rng)
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    publish(table(report), report, args.json)
     return 0
 
 

@@ -4,24 +4,29 @@ Interleaved repeats, medians; overhead = (loop time - bare loop time) / iteratio
 same handler calls and filter tests inline. The last case attaches two of Ignite's own handlers to both engines:
 there the bare loop runs the step only, and what matters is that ember costs no more than Ignite.
 Run: python benchmarks/overhead.py [--iterations 200000] [--repeats 7] [--json out.json]
+     (or python -m benchmarks.overhead ...)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from ignite.engine import Engine as IgniteEngine
-from ignite.engine import Events as IgniteEvents
-from ignite.handlers import TerminateOnNan
-from ignite.metrics import RunningAverage
+if __name__ == "__main__" and not __package__:  # run as a script: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from ember.engine import Engine, Events
+from ignite.engine import Engine as IgniteEngine  # noqa: E402
+from ignite.engine import Events as IgniteEvents  # noqa: E402
+from ignite.handlers import TerminateOnNan  # noqa: E402
+from ignite.metrics import RunningAverage  # noqa: E402
+
+from benchmarks._report import add_json_option, markdown_table, publish, spread  # noqa: E402
+from ember.engine import Engine, Events  # noqa: E402
 
 
 def step(engine: object, batch: int) -> int:
@@ -110,9 +115,7 @@ def measure(iterations: int, repeats: int, epochs: int = 4) -> dict:
         results[case] = {
             "iterations": n,
             **{name: {
-                "median_s": statistics.median(t),
-                "min_s": min(t),
-                "max_s": max(t),
+                **spread(t, "_s"),
                 "per_iteration_us": statistics.median(t) / n * 1e6,
                 "overhead_us": max(statistics.median(t) - floor, 0.0) / n * 1e6,
             }
@@ -129,12 +132,14 @@ def table(report: dict) -> str:
     lines = [f"{report['iterations']} iterations, {report['repeats']} interleaved repeats (medians), "
              f"{report['machine']}, {report['date']}", ""]
     for case, rows in report["cases"].items():
-        lines += [f"### {case} ({rows['iterations']} iterations)", "",
-                  "| loop | per iteration (µs) | overhead vs bare loop (µs) | min..max (s) |", "|---|---:|---:|---|"]
+        lines += [f"### {case} ({rows['iterations']} iterations)", ""]
+        cells = []
         for name in RUNNERS:
             r = rows[name]
-            lines.append(f"| {name} | {r['per_iteration_us']:.3f} | {r['overhead_us']:.3f} | "
-                         f"{r['min_s']:.3f}..{r['max_s']:.3f} |")
+            cells.append([name, f"{r['per_iteration_us']:.3f}", f"{r['overhead_us']:.3f}",
+                          f"{r['min_s']:.3f}..{r['max_s']:.3f}"])
+        lines += markdown_table(["loop", "per iteration (µs)", "overhead vs bare loop (µs)", "min..max (s)"], cells,
+                                "lrrl")
         ratio = rows["ember/ignite overhead ratio"]
         lines += ["", f"ember overhead / ignite overhead: {ratio:.3f}" if ratio is not None else "", ""]
     return "\n".join(lines)
@@ -144,15 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=200_000, help="iterations per run (default: 200000)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (default: 7)")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.iterations < 80 or args.repeats < 1:
         parser.error("--iterations must be >= 80 and --repeats >= 1")
     report = measure(args.iterations, args.repeats)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    publish(table(report), report, args.json)
     return 0
 
 

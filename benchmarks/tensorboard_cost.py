@@ -15,29 +15,33 @@ Run: python benchmarks/tensorboard_cost.py [--recipe fashion-mnist-mlp|fashion-m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import torch
-from ignite.metrics import Accuracy, Loss
-from torch import nn
+if __name__ == "__main__" and not __package__:  # run as a script: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from ember.callbacks.pictures import (
+import torch  # noqa: E402
+from ignite.metrics import Accuracy, Loss  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks._report import add_json_option, markdown_table, publish, spread  # noqa: E402
+from ember.callbacks.pictures import (  # noqa: E402
     CONFUSION_MATRIX,
     MISCLASSIFIED,
     EvalPictures,
     confusion_matrix_image,
     misclassified_grid,
 )
-from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
-from ember.data import load_dataset, make_loader
-from ember.recipes import fashion_mnist_mlp, fashion_mnist_speedrun
-from ember.steps import create_evaluator, create_trainer
+from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger  # noqa: E402
+from ember.data import load_dataset, make_loader  # noqa: E402
+from ember.recipes import fashion_mnist_mlp, fashion_mnist_speedrun  # noqa: E402
+from ember.steps import create_evaluator, create_trainer  # noqa: E402
 
 SETUPS: dict[str, dict[str, Any]] = {
     "fashion-mnist-mlp": {"model": fashion_mnist_mlp.NeuralNetwork, "batch": 64, "eval_batch": 64,
@@ -105,13 +109,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         metrics = with_pictures.state.metrics
         times["draw"].append(timed(lambda: draw(writer, metrics, test_set.classes, repeat + 1)))  # noqa: B023
     writer.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    seconds = {k: spread(v) for k, v in times.items()}
+    med = {k: s["median"] for k, s in seconds.items()}
     pictures = med["eval_pictures"] - med["eval"] + med["draw"]
     epoch = med["train_logger"] + med["eval_pictures"]
     return {
         "recipe": args.recipe, "device": str(device), "repeats": args.repeats, "machine": platform.processor()
         or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "seconds": {k: {"median": med[k], "min": min(v), "max": max(v)} for k, v in times.items()},
+        "seconds": seconds,
         "pictures_s_per_epoch": pictures, "pictures_share_of_epoch": pictures / epoch,
         "logger_share_of_training": med["train_logger"] / med["train"] - 1,
     }
@@ -124,10 +129,12 @@ LABELS = {"train": "train epoch, no logger", "train_logger": "train epoch, logge
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"{report['recipe']} on {report['device']} ({report['threads']} threads), {report['repeats']} repeats",
-             "", "| what | seconds (median) | min..max |", "|---|---|---|"]
+             ""]
+    cells = []
     for key, label in LABELS.items():
         s = report["seconds"][key]
-        lines.append(f"| {label} | {s['median']:.3f} | {s['min']:.3f}..{s['max']:.3f} |")
+        cells.append([label, f"{s['median']:.3f}", f"{s['min']:.3f}..{s['max']:.3f}"])
+    lines += markdown_table(["what", "seconds (median)", "min..max"], cells, "lll")
     lines += ["", f"pictures per epoch: {report['pictures_s_per_epoch']:.3f} s = "
               f"{100 * report['pictures_share_of_epoch']:.2f}% of the epoch (training + evaluation); "
               f"logger during training: {100 * report['logger_share_of_training']:+.2f}%"]
@@ -140,15 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = measure(args)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    publish(table(report), report, args.json)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Small datasets written in the real on-disk formats, so tests go through torchvision's own loading code.
 
 Images are learnable: each class has a fixed random template (the same for train and test) blended with
-per-image noise, so a short training run beats chance by far.
+per-image noise, so a short training run beats chance by far. `offline` makes ember's data search see only
+what a test writes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pytest
 from torchvision import datasets
+
+from ember.data import datasets as data
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte data, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte data, 1 dimension
@@ -157,3 +161,12 @@ def accept_fake_cifar10(folder: Path) -> Iterator[None]:
         yield
     finally:
         cls.train_list, cls.test_list, cls.meta = saved
+
+
+def offline(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    """Through `mp`, ember's data search finds only what a test writes: no downloads ($EMBER_OFFLINE), no
+    $EMBER_DATA, the cache in folder/cache, and no Debian FashionMNIST (folder/no-debian stands for it)."""
+    mp.setenv("EMBER_OFFLINE", "1")
+    mp.delenv("EMBER_DATA", raising=False)
+    mp.setenv("EMBER_CACHE", str(folder / "cache"))
+    mp.setattr(data, "DEBIAN_FASHION_MNIST", folder / "no-debian")

@@ -1,0 +1,163 @@
+"""Promise 2: exact resume. Stopping at iteration k and resuming to N equals running N straight, bit for bit.
+
+Engine level: a Dropout MLP whose batches are shifted by draws of Python's and NumPy's RNG, on shuffled
+MNIST-format data through both data paths (DeviceLoader and DataLoader + EpochSampler), stopped mid-epoch
+and at an epoch boundary, resumed in fresh objects after every RNG was scrambled: same parameters and
+optimizer state, and the resumed run sees exactly the remaining batches of the epoch, each once.
+Command line: `ember train mnist-lenet` (shuffled) stopped by the hidden `--max-iterations`, resumed twice
+with `--resume`, on both data paths; resuming the finished run does nothing. (SIGKILL after a checkpoint,
+then resume: tests/reliability/test_reliability_kill.py and test_reliability_signals.py.)
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakedata import offline
+from harness import (
+    assert_same,
+    checkpoint_files,
+    lenet_argv,
+    load_payload,
+    run_cli,
+    write_tiny_mnist,
+)
+from torch import nn
+from torch.nn import functional as F
+
+from ember.callbacks import Checkpoint
+from ember.data import load_dataset, make_loader
+from ember.engine import Events
+from ember.steps import create_trainer
+
+EPOCHS, BATCH = 3, 8  # 48 training images: 6 iterations per epoch, 18 in all
+N_ITER = 18
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> Path:
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+def noisy(batch, device, non_blocking):
+    """Inputs shifted by Python's and NumPy's RNG, so a resume that did not restore them would differ."""
+    x, y = batch
+    return x + 0.01 * random.random() + 0.01 * float(np.random.rand()), y
+
+
+def build(root: Path, path: str):
+    """Fresh objects, as a new process would make them: seeded model, optimizer, trainer and loader."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    loader = make_loader(load_dataset("mnist", train=True, root=root), BATCH, shuffle=True, seed=3, path=path)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    trainer = create_trainer(model, optimizer, F.cross_entropy, prepare_batch=noisy)
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine):
+        k = engine.state.iteration
+        assert k not in seen, f"iteration {k} ran twice"
+        seen[k] = tuple(t.clone() for t in engine.state.batch)
+
+    return {"model": model, "optimizer": optimizer, "trainer": trainer}, loader, seen
+
+
+def scramble_rngs() -> None:
+    random.seed(12345)
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+
+
+_straight: dict[str, tuple] = {}
+
+
+def straight_run(root: Path, path: str):
+    if path not in _straight:
+        objects, loader, seen = build(root, path)
+        objects["trainer"].run(loader, max_epochs=EPOCHS)
+        _straight[path] = (objects, seen)
+    return _straight[path]
+
+
+def run_until(root: Path, path: str, folder: Path, stop_at: int) -> dict:
+    """Resume from folder (if it has a checkpoint), run, terminate after iteration stop_at; COMPLETED saves."""
+    objects, loader, seen = build(root, path)
+    if Checkpoint.latest(folder) is not None:
+        scramble_rngs()  # a new process would start from other RNG states: only the checkpoint may fix them
+        assert Checkpoint.resume_latest(folder, objects) is not None
+    start = objects["trainer"].state.iteration
+    objects["trainer"].add(Checkpoint(objects, folder))
+    objects["trainer"].add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
+    objects["trainer"].run(loader, max_epochs=EPOCHS)
+    return {"objects": objects, "seen": seen, "start": start}
+
+
+@pytest.mark.parametrize("path", ["fast", "dataloader"])
+@pytest.mark.parametrize("stops", [(9,), (12,), (4, 12)], ids=["mid-epoch", "epoch-boundary", "twice"])
+def test_stop_and_resume_equals_a_straight_run(mnist_root, tmp_path, path, stops):
+    straight, straight_seen = straight_run(mnist_root, path)
+    assert sorted(straight_seen) == list(range(1, N_ITER + 1))
+    done = 0
+    for stop in (*stops, N_ITER):
+        run = run_until(mnist_root, path, tmp_path, stop)
+        assert run["start"] == done and run["objects"]["trainer"].state.iteration == stop
+        assert sorted(run["seen"]) == list(range(done + 1, stop + 1)), "each remaining batch exactly once"
+        for k, batch in run["seen"].items():
+            assert_same(straight_seen[k], batch, f"batch of iteration {k} after resuming at {done}")
+        assert checkpoint_files(tmp_path) == [f"checkpoint_{stop:09d}.pt"]
+        done = stop
+    for name in ("model", "optimizer", "trainer"):
+        assert_same(straight[name].state_dict(), run["objects"][name].state_dict(), name)
+
+
+def test_rng_restore_is_what_makes_dropout_resume_exact(mnist_root, tmp_path):
+    """The control for the test above: without the RNG states, the same resume does differ."""
+    straight, _ = straight_run(mnist_root, "fast")
+    run_until(mnist_root, "fast", tmp_path, 9)
+    objects, loader, _ = build(mnist_root, "fast")
+    Checkpoint.resume_latest(tmp_path, objects)
+    scramble_rngs()
+    objects["trainer"].run(loader, max_epochs=EPOCHS)
+    assert not torch.equal(straight["model"][1].weight, objects["model"][1].weight)
+
+
+def lenet(root: Path, folder: Path, path: str, *extra: str) -> tuple[int, str, str]:
+    return run_cli(lenet_argv(root, folder, "--data-path", path, *extra, epochs=2, batch_size=BATCH))
+
+
+def final_checkpoint(folder: Path) -> dict:
+    return load_payload(Checkpoint.latest(folder))
+
+
+@pytest.mark.parametrize("path", ["fast", "dataloader"])
+def test_cli_max_iterations_then_resume_twice_equals_a_straight_run(mnist_root, tmp_path, monkeypatch, path):
+    offline(monkeypatch, tmp_path)
+    code, out, err = lenet(mnist_root, tmp_path / "straight", path)
+    assert code == 0, err
+    straight = final_checkpoint(tmp_path / "straight")
+    assert straight["step"] == 12
+
+    folder = tmp_path / "stopped"
+    code, out, err = lenet(mnist_root, folder, path, "--max-iterations", "4")  # mid-epoch 1
+    assert code == 0 and final_checkpoint(folder)["step"] == 4, err
+    code, out, err = lenet(mnist_root, folder, path, "--resume", "--max-iterations", "6")  # epoch boundary
+    assert code == 0 and "Resumed from" in out and "iteration 4" in out, out + err
+    assert final_checkpoint(folder)["step"] == 6
+    code, out, err = lenet(mnist_root, folder, path, "--resume")
+    assert code == 0 and "iteration 6" in out, out + err
+    resumed = final_checkpoint(folder)
+    for name in ("model", "optimizer", "trainer"):
+        assert_same(straight["objects"][name], resumed["objects"][name], name)
+    assert_same(straight["rng"], resumed["rng"], "rng")
+
+    files = {name: (folder / name).read_bytes() for name in checkpoint_files(folder)}
+    code, out, err = lenet(mnist_root, folder, path, "--resume")
+    assert code == 0 and "Nothing to do" in out and "already finished 2 epochs" in out, out + err
+    assert {name: (folder / name).read_bytes() for name in checkpoint_files(folder)} == files
