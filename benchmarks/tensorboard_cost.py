@@ -27,14 +27,15 @@ import torch
 from ignite.metrics import Accuracy, Loss
 from torch import nn
 
-from ember.callbacks.pictures import (
+from ember.callbacks.correct_counter import CorrectCounter
+from ember.callbacks.eval_pictures import (
     CONFUSION_MATRIX,
     MISCLASSIFIED,
     EvalPictures,
     confusion_matrix_image,
     misclassified_grid,
 )
-from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
+from ember.callbacks.tensorboard_logger import TensorBoardLogger
 from ember.engine import create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader
 from ember.recipes import fashion_mnist_mlp, fashion_mnist_speedrun

@@ -44,11 +44,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import VisionDataset
 
-from ember.callbacks import SEED000_EVAL_FMT, SEED001_FMT, Evaluate, LossPrinter
+from ember.callbacks import Evaluate, LossPrinter
 from ember.engine import Events, create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader, torchvision_transform
 from ember.recipes import RECIPES, cifar10_cnn, fashion_mnist_cnn, fashion_mnist_mlp
 from ember.recipes.data import DataNotFoundError, load_dataset
+from ember.recipes.formats import SEED000_EVAL_FMT, SEED001_FMT
 
 LOOPS = ("seed", "ignite", "lightning", "ember-dataloader", "seed-inmemory", "ember", "ember-fast",
          "ember-fast-compile")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from ember.callbacks.loss_printer import loss_of
+from ember.callbacks._output import loss_of
 from ember.engine import Events
 from ember.engine.fastdata import EpochSampler
 from ember.recipes import RECIPES, data, fashion_mnist_cnn, mnist_mlp_plateau

@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, CheckpointError, CorruptCheckpointError
-from ember.callbacks.rng import get_rng_state
 from ember.engine import create_trainer
+from ember.utils.rng import get_rng_state
 
 
 def make_run(seed: int = 0):

@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks.nan import all_finite
-from ember.callbacks.rng import rng_state_problem, set_rng_state
-from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, read
+from ember.checkpoint.finite import float_tensors, non_finite
+from ember.checkpoint.folder import candidates, skipping
+from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
 from ember.checkpoint.handler_states import HandlerStates
 from ember.engine import Engine
+from ember.utils.rng import rng_state_problem, set_rng_state
 
 IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
-_MAX_LISTED = 20
-
-
-def listed(items: list[str]) -> str:
-    """`items` joined with commas, the first 20 of them."""
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bool) -> dict[str, Any]:
@@ -48,6 +42,26 @@ def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bo
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+
+
+def resume_latest(dirname: str, objects: Mapping[str, Any], *, prefix: str | None, strict: bool) -> str | None:
+    """`Checkpoint.resume_latest`: load the newest file of `dirname` that can be resumed from, falling back past
+    damaged ones with a warning each (for the caller's caller); CheckpointError when none of several can."""
+    paths, problems = candidates(dirname, prefix)
+    for path in paths:
+        try:
+            load(path, objects, strict=strict, restore_rng=True)
+        except CorruptCheckpointError as exc:
+            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=3)
+            problems.append(str(exc))
+            continue
+        return path
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint in {dirname}: {' | '.join(problems)}. Move the bad files away to start "
+            "from the beginning"
+        )
+    return None
 
 
 def _rng_of_this_rank(payload: dict[str, Any]) -> Any:
@@ -104,14 +118,14 @@ def _unusable(
         problem = rng_state_problem(_rng_of_this_rank(payload))
         if problem:
             return f"the random generator states are unusable: {problem}"
-    non_finite = [
+    bad_tensors = [
         key
         for name, state in states.items()
         if isinstance(objects[name], (nn.Module, torch.optim.Optimizer))
-        for key in _non_finite(state, name)
+        for key in non_finite(list(float_tensors(state, name)))
     ]
-    if non_finite:
-        return f"{listed(non_finite)} hold NaN or Inf"
+    if bad_tensors:
+        return f"{listed(bad_tensors)} hold NaN or Inf"
     return None
 
 
@@ -131,26 +145,6 @@ def _engine_state_problem(state: Any, step: int | None) -> str | None:
     if epoch_length and max_epochs is not None and state.get("iteration", 0) > epoch_length * max_epochs:
         return f"have iteration {state['iteration']}, beyond {max_epochs} epochs of {epoch_length}"
     return None
-
-
-def _non_finite(state: Any, where: str) -> list[str]:
-    """Names of the floating-point tensors in a nested state that hold NaN or Inf."""
-    named = list(_float_tensors(state, where))
-    if all_finite([t for _, t in named]):
-        return []
-    return [name for name, t in named if not bool(torch.isfinite(t).all())]
-
-
-def _float_tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(state, torch.Tensor):
-        if state.is_floating_point() or state.is_complex():
-            yield where, state
-    elif isinstance(state, Mapping):
-        for key, value in state.items():
-            yield from _float_tensors(value, f"{where}.{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from _float_tensors(value, f"{where}.{i}")
 
 
 def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:

@@ -25,6 +25,7 @@ from ember.engine import plan
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
 from ember.engine.order import FIRST
 from ember.engine.plan import place_last_entry
+from ember.engine.state import State as EmberState
 
 ProcessFunction = Callable[["Engine", Any], Any]
 HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
@@ -110,6 +111,7 @@ class Engine(IgniteEngine):
         self._attn = True
         self._dispatch: tuple | None = None
         super().__init__(process_function)
+        self.state: EmberState = EmberState()
 
     # ------------------------------------------------------------------ bookkeeping
     @property

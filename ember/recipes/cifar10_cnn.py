@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from ember.callbacks import SEED001_FMT, Evaluate, LossPrinter
+from ember.callbacks import Evaluate, LossPrinter
 from ember.recipes.common import Recipe, RunContext
+from ember.recipes.formats import SEED001_FMT
 
 # transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) after ToTensor, as in the seed.
 NORMALIZE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

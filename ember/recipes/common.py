@@ -18,9 +18,9 @@ from torch import nn
 
 from ember import distributed as dist
 from ember.callbacks import TensorBoardLogger
+from ember.callbacks.correct_counter import CorrectCounter
+from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
-from ember.callbacks.pictures import EvalPictures
-from ember.callbacks.tensorboard import CorrectCounter
 from ember.engine import Engine, create_evaluator, create_trainer
 from ember.engine.fastdata import make_loader
 from ember.recipes.data import load_dataset

@@ -28,7 +28,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from ember._files import pid_alive
+from ember.utils.files import pid_alive
 
 __all__ = [
     "CIFAR10_FILES",

@@ -11,9 +11,10 @@ import argparse
 import torch
 from torch import nn
 
-from ember.callbacks import SEED000_EVAL_FMT, Evaluate, LossPrinter
+from ember.callbacks import Evaluate, LossPrinter
 from ember.engine import Events
 from ember.recipes.common import Recipe, RunContext
+from ember.recipes.formats import SEED000_EVAL_FMT
 from ember.run import finished
 
 

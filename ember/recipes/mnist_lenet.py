@@ -12,8 +12,9 @@ import argparse
 import torch
 from torch import nn
 
-from ember.callbacks import SEED003_FMT, Evaluate, ThroughputMonitor
+from ember.callbacks import Evaluate, ThroughputMonitor
 from ember.recipes.common import Recipe, RunContext
+from ember.recipes.formats import SEED003_FMT
 
 # mindvision's Mnist(resize=32): Resize(32), Rescale(1/255), Rescale(1/0.3081, -0.1307/0.3081), HWC2CHW,
 # i.e. torchvision's Resize(32) + ToTensor() + Normalize((0.1307,), (0.3081,)).
