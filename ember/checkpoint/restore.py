@@ -47,7 +47,7 @@ def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bo
 def resume_latest(dirname: str, objects: Mapping[str, Any], *, prefix: str | None, strict: bool) -> str | None:
     """`Checkpoint.resume_latest`: load the newest file of `dirname` that can be resumed from, falling back past
     damaged ones with a warning each (for the caller's caller); CheckpointError when none of several can."""
-    paths, problems = candidates(dirname, prefix)
+    paths, problems = candidates(dirname, prefix, stacklevel=4)
     for path in paths:
         try:
             load(path, objects, strict=strict, restore_rng=True)
