@@ -20,10 +20,9 @@ from ember.callbacks._monitor import Mode, Monitor, Score
 from ember.callbacks._output import float_leaves
 from ember.callbacks.evaluate import EvalEvents
 from ember.callbacks.terminate_on_nan import pending_non_finite
-from ember.checkpoint import folder as files
 from ember.checkpoint import restore
 from ember.checkpoint.finite import modules_non_finite
-from ember.checkpoint.folder import CheckpointFolder
+from ember.checkpoint.folder import CheckpointFolder, candidates, verified
 from ember.checkpoint.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -304,8 +303,8 @@ class Checkpoint:
         Corrupt or incomplete files (a record failing its checksum included) are skipped with a warning naming
         them; temp files are ignored.
         """
-        paths, _ = files.candidates(os.fspath(dirname), prefix)
-        return files.verified(paths)
+        paths, _ = candidates(os.fspath(dirname), prefix)
+        return verified(paths)
 
     @staticmethod
     def resume_latest(

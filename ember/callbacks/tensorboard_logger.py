@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember import distributed as dist
+from ember.callbacks._epoch_totals import EpochTotals
 from ember.callbacks._output import as_number, batch_size_of, loss_of, step_in_epoch
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import CONFUSION_MATRIX, MISCLASSIFIED, confusion_matrix_image, misclassified_grid
@@ -42,45 +43,6 @@ def _hparam_value(value: Any) -> bool | int | float | str:
 def lower_is_better(name: str) -> bool:
     """Whether a metric called `name` improves downwards (losses, errors)."""
     return any(word in name.lower() for word in LOWER_IS_BETTER)
-
-
-class _Epoch:
-    """The running sums of one training epoch, on the device, plus its time and samples on the host."""
-
-    def __init__(self, epoch: int, carried: Mapping[str, Any] | None = None) -> None:
-        carried = carried or {}
-        self.epoch = epoch
-        self.start = time.perf_counter() - float(carried.get("elapsed_s", 0.0))
-        self.end: float | None = None
-        self.samples = int(carried.get("samples", 0))
-        self.steps = int(carried.get("steps", 0))
-        self.loss_sum: Any = float(carried.get("loss_sum", 0.0))
-        self.correct: Any = int(carried.get("correct", 0))
-        self.counted = int(carried.get("counted", 0))
-
-    def add(self, loss: Any, correct: Any, n: int) -> None:
-        self.steps += 1
-        self.samples += n
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-        self.loss_sum = loss + self.loss_sum
-        if correct is not None:
-            self.correct = correct + self.correct
-            self.counted += n
-
-    def read(self) -> tuple[float, float | None]:
-        """(mean loss, accuracy or None) with one host read."""
-        values = [self.loss_sum, self.correct]
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        if tensors:
-            device = tensors[0].device
-            values = torch.stack([torch.as_tensor(v, device=device).double() for v in values]).tolist()
-        loss_sum, correct = float(values[0]), float(values[1])
-        mean = loss_sum / self.steps if self.steps else math.nan
-        return mean, (correct / self.counted if self.counted else None)
-
-    def elapsed(self) -> float:
-        return (self.end if self.end is not None else time.perf_counter()) - self.start
 
 
 class TensorBoardLogger:
@@ -158,7 +120,7 @@ class TensorBoardLogger:
         self.writers: dict[str, SummaryWriter] = {}
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
-        self._epoch: _Epoch | None = None
+        self._epoch: EpochTotals | None = None
         self._carried: dict[str, Any] | None = None
         self._lrs: list[Any] = []
         self._evaluations = self._evaluations_logged = 0
@@ -219,7 +181,7 @@ class TensorBoardLogger:
     def _epoch_started(self, engine: Engine) -> None:
         carried = self._carried if self._carried and self._carried.get("epoch") == engine.state.epoch else None
         self._carried = None
-        self._epoch = _Epoch(engine.state.epoch, carried)
+        self._epoch = EpochTotals(engine.state.epoch, carried)
         if self.correct is not None:
             self.correct.take()
         if (cuda := self._cuda_device(engine)) is not None:
