@@ -20,9 +20,10 @@ from ember.callbacks._monitor import Mode, Monitor, Score
 from ember.callbacks._output import float_leaves
 from ember.callbacks.evaluate import EvalEvents
 from ember.callbacks.terminate_on_nan import pending_non_finite
+from ember.checkpoint import folder as files
 from ember.checkpoint import restore
 from ember.checkpoint.finite import modules_non_finite
-from ember.checkpoint.folder import CheckpointFolder, candidates, verified
+from ember.checkpoint.folder import CheckpointFolder
 from ember.checkpoint.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -281,39 +282,7 @@ class Checkpoint:
     def _state_of(obj: Any) -> Any:
         return dist.unwrap(obj).state_dict() if isinstance(obj, nn.Module) else obj.state_dict()
 
-    # ------------------------------------------------------------------ loading
-    @staticmethod
-    def load(
-        path: str | os.PathLike[str], objects: Mapping[str, Any], *, strict: bool = True, restore_rng: bool = True
-    ) -> dict[str, Any]:
-        """Restore `objects` (and the RNG states) from `path`; returns step, epoch, score and path of the file.
-
-        All or nothing: the file's checksums, its structure, the models' keys and shapes (with strict=True a
-        different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
-        the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
-        are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
-        the file but not in `objects` are ignored (load just the model for inference).
-        """
-        return restore.load(os.fspath(path), objects, strict=strict, restore_rng=restore_rng)
-
-    @staticmethod
-    def latest(dirname: str | os.PathLike[str], prefix: str | None = None) -> str | None:
-        """The newest complete checkpoint in `dirname` by the iteration recorded inside it (not mtime), or None.
-
-        Corrupt or incomplete files (a record failing its checksum included) are skipped with a warning naming
-        them; temp files are ignored.
-        """
-        paths, _ = candidates(os.fspath(dirname), prefix)
-        return verified(paths)
-
-    @staticmethod
-    def resume_latest(
-        dirname: str | os.PathLike[str], objects: Mapping[str, Any], *, prefix: str | None = None, strict: bool = True
-    ) -> str | None:
-        """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
-
-        A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
-        NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
-        folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
-        """
-        return restore.resume_latest(os.fspath(dirname), objects, prefix=prefix, strict=strict)
+    # ------------------------------------------------------------------ loading (storage: documented there)
+    load = staticmethod(restore.load)
+    latest = staticmethod(files.latest)
+    resume_latest = staticmethod(restore.resume_latest)

@@ -96,13 +96,18 @@ def candidates(dirname: str, prefix: str | None, *, stacklevel: int = 3) -> tupl
     return [path for *_, path in found], problems
 
 
-def verified(paths: list[str]) -> str | None:
-    """The first of `paths` whose every record passes its checksum; the others are skipped with a warning."""
+def latest(dirname: str | os.PathLike[str], prefix: str | None = None) -> str | None:
+    """The newest complete checkpoint in `dirname` by the iteration recorded inside it (not mtime), or None.
+
+    Corrupt or incomplete files (a record failing its checksum included) are skipped with a warning naming
+    them; temp files are ignored. `Checkpoint.latest`.
+    """
+    paths, _ = candidates(os.fspath(dirname), prefix)
     for path in paths:
         try:
             read(path)
         except CorruptCheckpointError as exc:
-            warnings.warn(skipping(path, exc), RuntimeWarning, stacklevel=3)
+            warnings.warn(skipping(path, exc), RuntimeWarning, stacklevel=2)
             continue
         return path
     return None

@@ -10,6 +10,7 @@ should a `load_state_dict` still fail, the objects loaded before it get their co
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -28,8 +29,18 @@ from ember.utils.rng import rng_state_problem, set_rng_state
 IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
 
 
-def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bool) -> dict[str, Any]:
-    """`Checkpoint.load`: check everything, then restore `objects` and the RNG states from `path`."""
+def load(
+    path: str | os.PathLike[str], objects: Mapping[str, Any], *, strict: bool = True, restore_rng: bool = True
+) -> dict[str, Any]:
+    """Restore `objects` (and the RNG states) from `path`; returns step, epoch, score and path of the file.
+
+    All or nothing: the file's checksums, its structure, the models' keys and shapes (with strict=True a
+    different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
+    the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
+    are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
+    the file but not in `objects` are ignored (load just the model for inference). `Checkpoint.load`.
+    """
+    path = os.fspath(path)
     payload = read(path)
     saved = payload["objects"]
     objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
@@ -44,15 +55,23 @@ def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bo
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
 
 
-def resume_latest(dirname: str, objects: Mapping[str, Any], *, prefix: str | None, strict: bool) -> str | None:
-    """`Checkpoint.resume_latest`: load the newest file of `dirname` that can be resumed from, falling back past
-    damaged ones with a warning each (for the caller's caller); CheckpointError when none of several can."""
-    paths, problems = candidates(dirname, prefix, stacklevel=4)
+def resume_latest(
+    dirname: str | os.PathLike[str], objects: Mapping[str, Any], *, prefix: str | None = None, strict: bool = True
+) -> str | None:
+    """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
+
+    A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
+    NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
+    folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
+    `Checkpoint.resume_latest`.
+    """
+    dirname = os.fspath(dirname)
+    paths, problems = candidates(dirname, prefix)
     for path in paths:
         try:
-            load(path, objects, strict=strict, restore_rng=True)
+            load(path, objects, strict=strict)
         except CorruptCheckpointError as exc:
-            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=3)
+            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
             problems.append(str(exc))
             continue
         return path
@@ -101,7 +120,7 @@ def _checked_states(path: str, objects: Mapping[str, Any], saved: dict[str, Any]
         if strict:
             raise CheckpointError(f"cannot load {path}; nothing was changed:\n{text}\nPass strict=False to load only "
                                   "what matches.")
-        warnings.warn(f"loading {path} partially (strict=False):\n{text}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"loading {path} partially (strict=False):\n{text}", RuntimeWarning, stacklevel=3)
     return states
 
 
