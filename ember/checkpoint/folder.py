@@ -72,11 +72,11 @@ def scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list[
     return regular, best
 
 
-def candidates(dirname: str, prefix: str | None, *, stacklevel: int = 3) -> tuple[list[str], list[str]]:
+def candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
     """Checkpoints in `dirname` whose metadata reads, newest first by the step recorded inside each file (a
     regular file before a best one of the same step), and the problems of the others, each skipped with a
-    warning that names the file (at `stacklevel`, by default the caller's caller). The tensors' checksums are
-    checked when a file is loaded or picked."""
+    warning (for the caller's caller) that names the file. The tensors' checksums are checked when a file is
+    loaded or picked."""
     regular, best = scan(dirname, prefix)
     found: list[tuple[int, bool, float, str]] = []
     problems: list[str] = []
@@ -91,7 +91,7 @@ def candidates(dirname: str, prefix: str | None, *, stacklevel: int = 3) -> tupl
             except OSError as exc:
                 problem = f"{path} cannot be read ({exc})"
             problems.append(problem)
-            warnings.warn(skipping(path, problem), RuntimeWarning, stacklevel=stacklevel)
+            warnings.warn(skipping(path, problem), RuntimeWarning, stacklevel=3)
     found.sort(reverse=True)
     return [path for *_, path in found], problems
 
