@@ -31,14 +31,15 @@ from ignite.metrics import Accuracy, Loss  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks._report import add_json_option, markdown_table, publish, spread  # noqa: E402
-from ember.callbacks.pictures import (  # noqa: E402
+from ember.callbacks.correct_counter import CorrectCounter  # noqa: E402
+from ember.callbacks.eval_pictures import (  # noqa: E402
     CONFUSION_MATRIX,
     MISCLASSIFIED,
     EvalPictures,
     confusion_matrix_image,
     misclassified_grid,
 )
-from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger  # noqa: E402
+from ember.callbacks.tensorboard_logger import TensorBoardLogger  # noqa: E402
 from ember.data import load_dataset, make_loader  # noqa: E402
 from ember.recipes import fashion_mnist_mlp, fashion_mnist_speedrun  # noqa: E402
 from ember.steps import create_evaluator, create_trainer  # noqa: E402

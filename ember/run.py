@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -190,7 +190,7 @@ def fit(
     tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None,
     hparams: Mapping[str, Any] | None = None,
     progress: bool | None = None,
-    progress_per: str = "epoch",
+    progress_per: Literal["epoch", "run"] = "epoch",
     nan_guard: bool = True,
     max_iterations: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
@@ -263,7 +263,8 @@ def fit(
         parent = os.path.dirname(os.path.normpath(logdir)) or logdir
         logs = f"TensorBoard logs to {logdir} (view them: ember board {parent})"
     _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
-    guard = trainer.add(TerminateOnNan()) if nan_guard else None
+    if nan_guard:
+        trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
                                    keep_last=keep_last, save_on_exception=True))
     logger = None
@@ -309,7 +310,7 @@ def fit(
             saved = "no iteration had finished, so there was nothing to save"
         _say(f"Stopped by {stop.reason} at epoch {epoch_of(state)}, iteration {state.iteration}; {saved}.")
         result.exit_status = stop.exit_status
-    elif getattr(guard, "stopped_at", None) is not None or getattr(state, "terminated_on_nan", None):
+    elif state.terminated_on_nan is not None:
         result.stop_reason = "nan"
         result.exit_status = 1
         result.finished = False

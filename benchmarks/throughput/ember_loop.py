@@ -7,9 +7,10 @@ from typing import Any
 from ignite.metrics import Accuracy, Loss
 
 from benchmarks.throughput.job import Job
-from ember.callbacks import SEED000_EVAL_FMT, SEED001_FMT, Evaluate, LossPrinter
+from ember.callbacks import Evaluate, LossPrinter
 from ember.engine import Events
 from ember.recipes import fashion_mnist_cnn
+from ember.recipes.formats import SEED000_EVAL_FMT, SEED001_FMT
 from ember.steps import create_evaluator, create_trainer
 
 

@@ -9,7 +9,7 @@ from ignite.engine import create_supervised_evaluator, create_supervised_trainer
 from ignite.metrics import Accuracy, Loss
 
 from benchmarks.throughput.job import Job, SeedLog
-from ember.callbacks import SEED000_EVAL_FMT
+from ember.recipes.formats import SEED000_EVAL_FMT
 
 
 def run_ignite(job: Job) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter as _TorchSummaryWriter
 
-from ember._files import disk_full
+from ember.utils.files import disk_full
 
 
 class LogWriteError(OSError):

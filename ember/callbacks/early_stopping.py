@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from typing import Any, TextIO
 
+from ember.callbacks._monitor import Mode, Monitor, metric
 from ember.callbacks.evaluate import register_eval_events
-from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
+from ember.utils import checks
 
 logger = logging.getLogger(__name__)
 
 
-class EarlyStopping:
+class EarlyStopping(Monitor):
     """Terminates the trainer once `monitor` has gone `patience` checks without improving by `min_delta`.
 
     Attached to the trainer it checks `trainer.state.metrics[monitor]` at each EPOCH_COMPLETED (after
@@ -32,27 +32,22 @@ class EarlyStopping:
         self,
         monitor: str,
         *,
-        mode: str = "min",
+        mode: Mode = "min",
         patience: int = 5,
         min_delta: float = 0.0,
         trainer: Engine | None = None,
         event: Any | None = None,
         file: TextIO | None = None,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' (lower is better) or 'max' (higher is better), got {mode!r}")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a positive integer, got {patience!r}")
-        if min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0 (the improvement needed), got {min_delta!r}")
+        checks.one_of("mode", mode, {"min": "lower is better", "max": "higher is better"})
+        checks.positive_int("patience", patience)
+        checks.non_negative("min_delta", min_delta, ">= 0 (the improvement needed)")
+        super().__init__(mode, min_delta)
         self.monitor = monitor
-        self.mode = mode
         self.patience = patience
-        self.min_delta = min_delta
         self.trainer = trainer
         self.event = event
         self.file = file
-        self.best: float | None = None
         self.best_epoch = 0
         self.counter = 0
 
@@ -67,26 +62,9 @@ class EarlyStopping:
             event = Events.EPOCH_COMPLETED if self.trainer is engine else Events.COMPLETED
         engine.add_event_handler(event, self.check)
 
-    def improved(self, value: float) -> bool:
-        """True if `value` beats the best so far by more than `min_delta` (NaN never does)."""
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
     def check(self, engine: Engine) -> None:
         """Compare the metric with the best so far; terminate the trainer when patience runs out."""
-        metrics = engine.state.metrics
-        if self.monitor not in metrics:
-            raise LookupError(
-                f"EarlyStopping: metric {self.monitor!r} is not in engine.state.metrics (available: "
-                f"{sorted(metrics)}); attach Evaluate (or the handler that computes it) to the same engine, "
-                "check on EvalEvents.EVALUATED, or set monitor= to one of the available names"
-            )
-        value = float(as_number(metrics[self.monitor]))
+        value = metric(engine, self.monitor, "EarlyStopping", "check")
         trainer = self.trainer or engine
         if self.improved(value):
             self.best, self.best_epoch, self.counter = value, trainer.state.epoch, 0
@@ -101,7 +79,7 @@ class EarlyStopping:
         )
         logger.info(message)
         print(message, file=self.file or sys.stdout)
-        trainer.state.early_stopped = message  # type: ignore[attr-defined]
+        trainer.state.early_stopped = message
         trainer.terminate()
 
     def state_dict(self) -> dict[str, Any]:

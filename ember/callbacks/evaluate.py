@@ -7,12 +7,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from ember.callbacks.loss_printer import as_number
+from ember.callbacks._output import as_number
 from ember.engine import CallableEventWithFilter, Engine, EventEnum, Events
 from ember.engine import order as order_levels
-
-# `Test Error: \n Accuracy: 49.9%, Avg loss: 2.116347 \n` (seed 000), for metrics named accuracy and loss.
-SEED000_EVAL_FMT = "Test Error: \n Accuracy: {accuracy_pct:>0.1f}%, Avg loss: {loss:>8f} \n"
+from ember.utils import checks
 
 
 class EvalEvents(EventEnum):
@@ -58,9 +56,8 @@ class Evaluate:
     ) -> None:
         if every_epochs is not None and every_iterations is not None:
             raise ValueError("give every_epochs or every_iterations, not both")
-        for name, value in (("every_epochs", every_epochs), ("every_iterations", every_iterations)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        checks.positive_int("every_epochs", every_epochs, optional=True)
+        checks.positive_int("every_iterations", every_iterations, optional=True)
         self.evaluator = evaluator
         self.loader = loader
         self.every_epochs = every_epochs

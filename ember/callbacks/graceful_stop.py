@@ -12,6 +12,7 @@ from ember import distributed as dist
 from ember.data.loader import ignore_stop_signals
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
+from ember.utils import checks
 
 # SIGUSR1 is what SLURM sends before preemption (`--signal=USR1@60`); SIGHUP comes from a closed terminal or ssh.
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
@@ -78,8 +79,7 @@ class GracefulStop:
         check_every: int = STOP_CHECK_EVERY,
         abort_on_second_interrupt: bool = True,
     ) -> None:
-        if not isinstance(check_every, int) or check_every < 1:
-            raise ValueError(f"check_every must be a positive number of iterations, got {check_every!r}")
+        checks.positive_int("check_every", check_every, "a positive number of iterations")
         self.signals = tuple(signals)
         self.check_every = check_every
         self.abort_on_second_interrupt = abort_on_second_interrupt

@@ -9,73 +9,14 @@ from typing import Any, TextIO
 
 import torch
 
+from ember.callbacks._output import accumulate, as_number, batch_size_of, loss_of, resumes_mid_epoch, step_in_epoch
 from ember.distributed import world_size
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
+from ember.utils import checks
 
-# `loss: 2.290156  [    0/60000]` every 100 batches (seed 000, the PyTorch "Optimizing Model Parameters" tutorial).
-SEED000_FMT = "loss: {loss:>7f}  [{current:>5d}/{size:>5d}]"
-# `Epoch [1/5], Step [100/782], Loss: 2.0503`, the mean of the last 100 steps (seed 001; use window=True).
-SEED001_FMT = "Epoch [{epoch}/{max_epochs}], Step [{step}/{steps}], Loss: {loss:.4f}"
-
-
-def batch_size_of(batch: Any) -> int | None:
-    """The length of the first tensor found in a batch (tensor, sequence or mapping); None when there is none."""
-    if isinstance(batch, torch.Tensor):
-        return len(batch) if batch.ndim > 0 else None
-    if isinstance(batch, Mapping):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            n = batch_size_of(item)
-            if n is not None:
-                return n
-    return None
-
-
-def step_in_epoch(engine: Engine) -> int:
-    """The 1-based index of the current iteration within its epoch (right on resumed runs too)."""
-    s = engine.state
-    if s.epoch_length:
-        return (s.iteration - 1) % s.epoch_length + 1
-    return s.iteration  # the length is unknown only during the first pass over data without a len()
-
-
-def loss_of(output: Any, output_transform: Callable[[Any], Any] | None = None) -> Any:
-    """The loss in an engine output: the output itself (tensor or number), or its "loss" entry."""
-    if output_transform is not None:
-        output = output_transform(output)
-    if isinstance(output, Mapping) and "loss" in output:
-        output = output["loss"]
-    if isinstance(output, torch.Tensor):
-        output = output.detach()
-        return output if output.numel() == 1 else output.float().mean()
-    if isinstance(output, (int, float)):
-        return output
-    raise TypeError(
-        f"expected the engine output to be a loss tensor or number, got {type(output).__name__}; "
-        "pass output_transform= to pick the loss out of it"
-    )
-
-
-def as_number(value: Any) -> Any:
-    """A Python number for a 1-element tensor (one device sync), anything else unchanged."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return value
-
-
-def resumes_mid_epoch(engine: Engine, saved_iteration: int) -> bool:
-    """True at the EPOCH_STARTED of a run resumed inside the epoch in which a handler's window was saved."""
-    s = engine.state
-    return s.iteration == saved_iteration and bool(s.epoch_length) and s.iteration % s.epoch_length != 0
-
-
-def as_tensor_sum(total: Any, like: torch.Tensor) -> torch.Tensor:
-    """A running sum as a float32 tensor on `like`'s device (a restored sum is a Python float)."""
-    if isinstance(total, torch.Tensor):
-        return total
-    return torch.tensor(total, dtype=torch.float32, device=like.device)
+# `loss: 2.290156  [    0/60000]`: the loss, then the samples seen so far out of the dataset's.
+DEFAULT_FMT = "loss: {loss:>7f}  [{current:>5d}/{size:>5d}]"
 
 
 def template_fields(fmt: str) -> set[str]:
@@ -103,15 +44,14 @@ class LossPrinter:
     def __init__(
         self,
         every: int = 100,
-        fmt: str = SEED000_FMT,
+        fmt: str = DEFAULT_FMT,
         window: bool = False,
         size: int | None = None,
         file: TextIO | None = None,
         *,
         output_transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+        checks.positive_int("every", every)
         self.every = every
         self.fmt = fmt
         self.window = window
@@ -155,10 +95,7 @@ class LossPrinter:
         self._iteration = engine.state.iteration
         if self.window:
             loss = loss_of(engine.state.output, self.output_transform)
-            if isinstance(loss, torch.Tensor):
-                self._sum = loss.float().clone() if self._sum is None else as_tensor_sum(self._sum, loss).add_(loss)
-            else:
-                self._sum = loss if self._sum is None else self._sum + loss
+            self._sum = accumulate(self._sum, loss)
             self._count += 1
             if step % self.every == 0:
                 value = as_number(self._sum / self._count)

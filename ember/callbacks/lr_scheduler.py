@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ember.callbacks._monitor import metric
 from ember.callbacks.evaluate import register_eval_events
-from ember.callbacks.loss_printer import as_number
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
+from ember.utils import checks
 
 
 class LRScheduler:
@@ -27,10 +28,14 @@ class LRScheduler:
     order = order_levels.DEFAULT
 
     def __init__(
-        self, scheduler: Any, *, per: str = "epoch", monitor: str | None = None, event: Any | None = None
+        self,
+        scheduler: Any,
+        *,
+        per: Literal["epoch", "iteration"] = "epoch",
+        monitor: str | None = None,
+        event: Any | None = None,
     ) -> None:
-        if per not in ("epoch", "iteration"):
-            raise ValueError(f"per must be 'epoch' or 'iteration', got {per!r}")
+        checks.one_of("per", per, {"epoch": "", "iteration": ""})
         if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "optimizer"):
             raise TypeError(f"expected a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}")
         self.plateau = isinstance(scheduler, ReduceLROnPlateau)
@@ -81,14 +86,8 @@ class LRScheduler:
         if not self.plateau:
             self.scheduler.step()
             return
-        metrics = engine.state.metrics
-        if self.monitor not in metrics:
-            raise LookupError(
-                f"LRScheduler: metric {self.monitor!r} is not in engine.state.metrics (available: "
-                f"{sorted(metrics)}); attach Evaluate (or the handler that computes it) to the same engine, "
-                "step on EvalEvents.EVALUATED, or set monitor= to one of the available names"
-            )
-        self.scheduler.step(float(as_number(metrics[self.monitor])))
+        assert self.monitor is not None  # __init__ requires it with a plateau
+        self.scheduler.step(metric(engine, self.monitor, "LRScheduler", "step"))
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state, for checkpoints."""

@@ -1,2 +1,6 @@
-"""What lies under the `Checkpoint` handler: the file format and its integrity check (`format`), and the checks
-that make loading all-or-nothing (`restore`)."""
+"""What lies under the `Checkpoint` handler (layer 2: it imports the engine and utils, never the handlers).
+
+`format` (the file, its errors and its integrity check), `folder` (naming, finding, writing and keeping
+files), `safety` (the weights_only probe before a file gets its name), `finite` (NaN/Inf checks of weights),
+`restore` (loading all or nothing) and `handler_states` (the state of the engine's stateful handlers).
+"""

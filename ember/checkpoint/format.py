@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import struct
+import time
 import warnings
 import zipfile
 import zlib
@@ -26,6 +27,7 @@ FORMAT = "ember-checkpoint"
 FORMAT_VERSION = 1
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, as zipfile reads it
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+_MAX_LISTED = 20
 
 
 class CheckpointError(Exception):
@@ -55,7 +57,14 @@ class RecordingFile(io.FileIO):
         return done
 
 
-def _first_line(exc: BaseException) -> str:
+def listed(items: list[str]) -> str:
+    """`items` joined with commas, the first 20 of them (for messages that name files or tensors)."""
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line reports."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -79,7 +88,7 @@ def verify(path: str, size: int, *, only: str | None = None) -> None:
     except CorruptCheckpointError as exc:
         raise _corrupt(path, size, str(exc)) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
-        raise _corrupt(path, size, f"not a complete file written by torch.save ({_first_line(exc).rstrip('.')})") \
+        raise _corrupt(path, size, f"not a complete file written by torch.save ({first_line(exc).rstrip('.')})") \
             from None
 
 
@@ -131,10 +140,10 @@ def read(path: str, *, peek: bool = False) -> dict[str, Any]:
                 "unpickled. It was refused and NOT executed (torch.load weights_only=True). Only load it, outside "
                 "ember, if you trust where it came from"
             ) from None
-        raise _corrupt(path, size, f"not a complete file written by torch.save ({_first_line(exc).rstrip('.')})") \
+        raise _corrupt(path, size, f"not a complete file written by torch.save ({first_line(exc).rstrip('.')})") \
             from None
     except Exception as exc:
-        raise _corrupt(path, size, f"truncated, or not written by torch.save ({_first_line(exc).rstrip('.')})") \
+        raise _corrupt(path, size, f"truncated, or not written by torch.save ({first_line(exc).rstrip('.')})") \
             from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         keys = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
@@ -179,3 +188,36 @@ def malformed(payload: dict[str, Any]) -> str | None:
     if ranks is not None and not (isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)):
         return "its 'rng_ranks' is not a list of generator states"
     return None
+
+
+def make_payload(
+    *, step: int, epoch: int, score: float | None, monitor: str | None, objects: dict[str, Any],
+    rng: dict[str, Any] | None = None, rng_ranks: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The dict a checkpoint file holds, which `read` and `malformed` check.
+
+    Args:
+        step: the trainer's iteration when it was saved.
+        epoch: the trainer's epoch when it was saved.
+        score: the monitored value of these weights, or None.
+        monitor: the name of the monitored metric, or None (none, or a function of the engine).
+        objects: each saved object's state_dict, by name.
+        rng: the process's generator states (`ember.utils.rng.get_rng_state`), when saved.
+        rng_ranks: every rank's generator states under torchrun, when saved.
+    """
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "step": step,
+        "epoch": epoch,
+        "score": score,
+        "monitor": monitor,
+        "saved_at": time.time(),
+        "torch_version": str(torch.__version__),
+        "objects": objects,
+    }
+    if rng is not None:
+        payload["rng"] = rng
+        if rng_ranks is not None:
+            payload["rng_ranks"] = rng_ranks
+    return payload

@@ -10,32 +10,37 @@ should a `load_state_dict` still fail, the objects loaded before it get their co
 from __future__ import annotations
 
 import copy
+import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.callbacks.nan import all_finite
-from ember.callbacks.rng import rng_state_problem, set_rng_state
-from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, read
+from ember.checkpoint.finite import float_tensors, non_finite
+from ember.checkpoint.folder import candidates, skipping
+from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
 from ember.checkpoint.handler_states import HandlerStates
 from ember.engine import Engine
+from ember.utils.rng import rng_state_problem, set_rng_state
 
 IMPLEMENTATION_FLAGS = frozenset({"capturable", "foreach", "fused", "differentiable"})
-_MAX_LISTED = 20
 
 
-def listed(items: list[str]) -> str:
-    """`items` joined with commas, the first 20 of them."""
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+def load(
+    path: str | os.PathLike[str], objects: Mapping[str, Any], *, strict: bool = True, restore_rng: bool = True
+) -> dict[str, Any]:
+    """Restore `objects` (and the RNG states) from `path`; returns step, epoch, score and path of the file.
 
-
-def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bool) -> dict[str, Any]:
-    """`Checkpoint.load`: check everything, then restore `objects` and the RNG states from `path`."""
+    All or nothing: the file's checksums, its structure, the models' keys and shapes (with strict=True a
+    different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
+    the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
+    are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
+    the file but not in `objects` are ignored (load just the model for inference). `Checkpoint.load`.
+    """
+    path = os.fspath(path)
     payload = read(path)
     saved = payload["objects"]
     objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
@@ -48,6 +53,34 @@ def load(path: str, objects: Mapping[str, Any], *, strict: bool, restore_rng: bo
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+
+
+def resume_latest(
+    dirname: str | os.PathLike[str], objects: Mapping[str, Any], *, prefix: str | None = None, strict: bool = True
+) -> str | None:
+    """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
+
+    A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
+    NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
+    folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
+    `Checkpoint.resume_latest`.
+    """
+    dirname = os.fspath(dirname)
+    paths, problems = candidates(dirname, prefix)
+    for path in paths:
+        try:
+            load(path, objects, strict=strict)
+        except CorruptCheckpointError as exc:
+            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
+            problems.append(str(exc))
+            continue
+        return path
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint in {dirname}: {' | '.join(problems)}. Move the bad files away to start "
+            "from the beginning"
+        )
+    return None
 
 
 def _rng_of_this_rank(payload: dict[str, Any]) -> Any:
@@ -87,7 +120,7 @@ def _checked_states(path: str, objects: Mapping[str, Any], saved: dict[str, Any]
         if strict:
             raise CheckpointError(f"cannot load {path}; nothing was changed:\n{text}\nPass strict=False to load only "
                                   "what matches.")
-        warnings.warn(f"loading {path} partially (strict=False):\n{text}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"loading {path} partially (strict=False):\n{text}", RuntimeWarning, stacklevel=3)
     return states
 
 
@@ -104,14 +137,14 @@ def _unusable(
         problem = rng_state_problem(_rng_of_this_rank(payload))
         if problem:
             return f"the random generator states are unusable: {problem}"
-    non_finite = [
+    bad_tensors = [
         key
         for name, state in states.items()
         if isinstance(objects[name], (nn.Module, torch.optim.Optimizer))
-        for key in _non_finite(state, name)
+        for key in non_finite(list(float_tensors(state, name)))
     ]
-    if non_finite:
-        return f"{listed(non_finite)} hold NaN or Inf"
+    if bad_tensors:
+        return f"{listed(bad_tensors)} hold NaN or Inf"
     return None
 
 
@@ -131,26 +164,6 @@ def _engine_state_problem(state: Any, step: int | None) -> str | None:
     if epoch_length and max_epochs is not None and state.get("iteration", 0) > epoch_length * max_epochs:
         return f"have iteration {state['iteration']}, beyond {max_epochs} epochs of {epoch_length}"
     return None
-
-
-def _non_finite(state: Any, where: str) -> list[str]:
-    """Names of the floating-point tensors in a nested state that hold NaN or Inf."""
-    named = list(_float_tensors(state, where))
-    if all_finite([t for _, t in named]):
-        return []
-    return [name for name, t in named if not bool(torch.isfinite(t).all())]
-
-
-def _float_tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(state, torch.Tensor):
-        if state.is_floating_point() or state.is_complex():
-            yield where, state
-    elif isinstance(state, Mapping):
-        for key, value in state.items():
-            yield from _float_tensors(value, f"{where}.{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from _float_tensors(value, f"{where}.{i}")
 
 
 def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:

@@ -17,9 +17,9 @@ import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,7 +28,8 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from ember._files import pid_alive
+from ember.utils.atomic import symlink_atomic, write_atomic
+from ember.utils.files import pid_alive
 
 __all__ = [
     "CIFAR10_FILES",
@@ -136,14 +137,15 @@ def prepare_idx(class_name: str, files: dict[str, Path], cache: Path) -> Path:
         if src.suffix == ".gz":
             try:
                 with gzip.open(src, "rb") as stream:
-                    _write_atomic(raw / name, lambda out, s=stream: shutil.copyfileobj(s, out, 1 << 20))
+                    write_atomic(str(raw / name), lambda out, s=stream: shutil.copyfileobj(s, out, 1 << 20),
+                                 _temp_name(raw / name, "file"))
             except (OSError, EOFError) as err:
                 raise DataNotFoundError(
                     class_name, [src.name], [src.parent], problem="unreadable", detail=f"cannot decompress: {err}"
                 ) from err
         else:
-            _symlink_atomic(src.resolve(), raw / name)
-    _write_atomic(manifest, lambda out: out.write(json.dumps(wanted).encode()))
+            symlink_atomic(str(src.resolve()), str(raw / name), _temp_name(raw / name, "link"))
+    write_atomic(str(manifest), lambda out: out.write(json.dumps(wanted).encode()), _temp_name(manifest, "file"))
     return cache
 
 
@@ -166,24 +168,11 @@ def _remove_stale_temp_files(folder: Path) -> None:
                 os.unlink(entry.path)
 
 
-def _write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
-    """Write a file through a temporary sibling (named with this process's id) and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _symlink_atomic(source: Path, target: Path) -> None:
-    """Point target at source through a temporary link renamed into place."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(source, tmp)
-    os.replace(tmp, target)
+def _temp_name(target: Path, kind: str) -> str:
+    """The temp sibling of `target` for an atomic write: `.<name>.<pid>.<random>.tmp` or `.<name>.<pid>.link`,
+    the pid telling `_remove_stale_temp_files` whose it is."""
+    rest = f"{secrets.token_hex(4)}.tmp" if kind == "file" else "link"
+    return str(target.with_name(f".{target.name}.{os.getpid()}.{rest}"))
 
 
 def _offline() -> bool:

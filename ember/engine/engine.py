@@ -24,6 +24,7 @@ from ember.engine import plan, resumable
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
 from ember.engine.errors import note_step_failure
 from ember.engine.plan import place_last_entry
+from ember.engine.state import State as EmberState
 
 ProcessFunction = Callable[["Engine", Any], Any]
 HOT_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
@@ -69,7 +70,7 @@ class Engine(IgniteEngine):
         self._attn = True
         self._dispatch: tuple | None = None
         super().__init__(process_function)
-        self.state = State()  # the one place an Engine creates its run's state
+        self.state: EmberState = EmberState()  # the one place an Engine creates its run's state
 
     # ------------------------------------------------------------------ bookkeeping
     @property

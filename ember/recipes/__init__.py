@@ -22,7 +22,8 @@ from ember.recipes import (
     mnist_lenet,
     mnist_mlp_plateau,
 )
-from ember.recipes.common import Recipe, RecipeError, RunContext
+from ember.recipes.common import RunContext
+from ember.recipes.recipe import Recipe, RecipeError
 
 ENTRY_POINT_GROUP = "ember.recipes"
 

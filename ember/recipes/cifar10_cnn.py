@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from ember.callbacks import SEED001_FMT, Evaluate, LossPrinter
-from ember.recipes.common import Recipe, RunContext
+from ember.callbacks import Evaluate, LossPrinter
+from ember.recipes.common import RunContext
+from ember.recipes.formats import SEED001_FMT
+from ember.recipes.recipe import Recipe
 
 # transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) after ToTensor, as in the seed.
 NORMALIZE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -56,7 +58,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="cifar10-cnn",
-    seed_file="001",
+    program="001",
     dataset="cifar10",
     summary="CIFAR-10, SimpleCNN (2 conv + 3 fc), Adam lr 1e-3, batch 64, shuffled, 5 epochs",
     train=train,

@@ -14,7 +14,7 @@ import warnings
 
 import ember
 from ember.recipes import RECIPES, all_recipes, find_recipe, looks_like_spec
-from ember.recipes.common import RecipeError
+from ember.recipes.recipe import RecipeError
 
 # What the library says in Python terms, said in the command line's flags.
 _IN_FLAGS = (
@@ -37,7 +37,7 @@ def _list(specs: list[str]) -> int:
     width = max(len(n) for n in recipes)
     print(f"{'recipe':<{width}}  seed  dataset        what it trains")
     for name, r in recipes.items():
-        print(f"{name:<{width}}  {r.seed_file:<4}  {r.dataset:<13}  {r.summary}")
+        print(f"{name:<{width}}  {r.program:<4}  {r.dataset:<13}  {r.summary}")
     return 0
 
 
@@ -76,7 +76,8 @@ def _train(spec: str, argv: list[str]) -> int:
     from ember import distributed as dist
     from ember.callbacks.checkpoint import CheckpointError
     from ember.data import DataNotFoundError
-    from ember.recipes.common import RunContext, parse_flags
+    from ember.recipes.common import RunContext
+    from ember.recipes.flags import parse_flags
 
     try:
         recipe = find_recipe(spec)

@@ -18,7 +18,8 @@ from torch import nn, optim
 from ember.callbacks import Evaluate
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
-from ember.recipes.common import Recipe, RunContext
+from ember.recipes.common import RunContext
+from ember.recipes.recipe import Recipe
 
 EVAL_FMT = "test accuracy: {accuracy:.4f} test loss: {loss:.4f}"
 
@@ -99,7 +100,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="fashion-mnist-cnn",
-    seed_file="004",
+    program="004",
     dataset="fashion-mnist",
     summary="FashionMNIST, 2-conv Network (6, 12 channels) + fc 192-120-60-10, Adam lr 0.01, batch 100, 5 epochs",
     train=train,

@@ -11,9 +11,11 @@ import argparse
 import torch
 from torch import nn
 
-from ember.callbacks import SEED000_EVAL_FMT, Evaluate, LossPrinter
+from ember.callbacks import Evaluate, LossPrinter
 from ember.engine import Events
-from ember.recipes.common import Recipe, RunContext
+from ember.recipes.common import RunContext
+from ember.recipes.formats import SEED000_EVAL_FMT
+from ember.recipes.recipe import Recipe
 from ember.run import finished
 
 
@@ -52,7 +54,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="fashion-mnist-mlp",
-    seed_file="000",
+    program="000",
     dataset="fashion-mnist",
     summary="FashionMNIST, 784-512-512-10 MLP, SGD lr 1e-3, batch 64, 10 epochs",
     train=train,

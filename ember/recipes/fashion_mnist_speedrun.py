@@ -19,7 +19,8 @@ from torch import nn
 
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
 from ember.engine import Engine, Events
-from ember.recipes.common import Recipe, RunContext
+from ember.recipes.common import RunContext
+from ember.recipes.recipe import Recipe
 
 TARGET = 0.92
 # FashionMNIST's training-set pixel mean and standard deviation, after ToTensor.
@@ -125,7 +126,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="fashion-mnist-speedrun",
-    seed_file="000",
+    program="000",
     dataset="fashion-mnist",
     summary="FashionMNIST to 92% test accuracy fast: BN CNN, AdamW + OneCycle, batch 128, 3 epochs",
     train=train,

@@ -12,8 +12,10 @@ import argparse
 import torch
 from torch import nn
 
-from ember.callbacks import SEED003_FMT, Evaluate, ThroughputMonitor
-from ember.recipes.common import Recipe, RunContext
+from ember.callbacks import Evaluate, ThroughputMonitor
+from ember.recipes.common import RunContext
+from ember.recipes.formats import SEED003_FMT
+from ember.recipes.recipe import Recipe
 
 # mindvision's Mnist(resize=32): Resize(32), Rescale(1/255), Rescale(1/0.3081, -0.1307/0.3081), HWC2CHW,
 # i.e. torchvision's Resize(32) + ToTensor() + Normalize((0.1307,), (0.3081,)).
@@ -68,7 +70,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="mnist-lenet",
-    seed_file="003",
+    program="003",
     dataset="mnist",
     summary="MNIST resized to 32x32, LeNet-5, SGD momentum 0.9 lr 0.01, batch 32, shuffled, 10 epochs",
     train=train,

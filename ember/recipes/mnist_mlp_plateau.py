@@ -20,7 +20,8 @@ from torch.optim.lr_scheduler import ExponentialLR, MultiStepLR, ReduceLROnPlate
 
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
 from ember.engine import Events
-from ember.recipes.common import Recipe, RunContext
+from ember.recipes.common import RunContext
+from ember.recipes.recipe import Recipe
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
     "plateau": lambda optimizer: ReduceLROnPlateau(optimizer, "min", patience=5),
@@ -128,7 +129,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
 
 RECIPE = Recipe(
     name="mnist-mlp-plateau",
-    seed_file="002",
+    program="002",
     dataset="mnist",
     summary="MNIST, 784-256-128-10 MLP, SGD lr 0.1, batch 32, shuffled, ReduceLROnPlateau, 25 epochs",
     train=train,

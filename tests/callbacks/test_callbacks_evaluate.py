@@ -9,8 +9,9 @@ from ignite.metrics import Accuracy, Loss
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ember.callbacks.evaluate import SEED000_EVAL_FMT, EvalEvents, Evaluate
+from ember.callbacks.evaluate import EvalEvents, Evaluate
 from ember.engine import Engine, Events
+from ember.recipes.formats import SEED000_EVAL_FMT
 from ember.steps import create_evaluator, create_trainer
 
 

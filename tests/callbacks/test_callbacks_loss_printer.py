@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ember.callbacks.loss_printer import SEED000_FMT, SEED001_FMT, LossPrinter, batch_size_of
+from ember.callbacks._output import batch_size_of
+from ember.callbacks.loss_printer import LossPrinter
 from ember.engine import Engine
+from ember.recipes.formats import SEED000_FMT, SEED001_FMT
 from ember.steps import create_trainer
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ember.callbacks.nan import TerminateOnNan
+from ember.callbacks.terminate_on_nan import TerminateOnNan
 from ember.engine import Engine, Events
 from ember.steps import create_trainer
 

@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from ember.callbacks.loss_printer import SEED001_FMT, LossPrinter
-from ember.callbacks.nan import TerminateOnNan
-from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
-from ember.callbacks.timing import SEED003_FMT, ThroughputMonitor
+from ember.callbacks.correct_counter import CorrectCounter
+from ember.callbacks.loss_printer import LossPrinter
+from ember.callbacks.tensorboard_logger import TensorBoardLogger
+from ember.callbacks.terminate_on_nan import TerminateOnNan
+from ember.callbacks.throughput_monitor import ThroughputMonitor
 from ember.engine import Events
+from ember.recipes.formats import SEED001_FMT, SEED003_FMT
 from ember.steps import create_trainer
 
 SYNCING = ("item", "tolist", "__float__", "__int__", "__bool__")

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from ember.callbacks.timing import SEED003_FMT, ThroughputMonitor, Timer
+from ember.callbacks.throughput_monitor import ThroughputMonitor
+from ember.callbacks.timer import Timer
 from ember.engine import Engine, Events
+from ember.recipes.formats import SEED003_FMT
 from ember.steps import create_trainer
 
 

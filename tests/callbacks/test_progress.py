@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ember.callbacks.progress import ProgressBar
+from ember.callbacks.progress_bar import ProgressBar
 from ember.engine import Engine, Events
 
 

@@ -13,8 +13,9 @@ from ignite.metrics import Accuracy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ember.callbacks import Evaluate
-from ember.callbacks.pictures import EvalPictures
-from ember.callbacks.tensorboard import CorrectCounter, TensorBoardLogger
+from ember.callbacks.correct_counter import CorrectCounter
+from ember.callbacks.eval_pictures import EvalPictures
+from ember.callbacks.tensorboard_logger import TensorBoardLogger
 from ember.engine import Engine, Events, order
 from ember.steps import create_evaluator, create_trainer
 

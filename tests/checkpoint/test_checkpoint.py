@@ -16,9 +16,9 @@ from torch import nn
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks.checkpoint import Checkpoint, CheckpointError, CorruptCheckpointError
-from ember.callbacks.rng import get_rng_state, set_rng_state
 from ember.engine import Engine, Events
 from ember.steps import create_trainer
+from ember.utils.rng import get_rng_state, set_rng_state
 
 
 def make_model(seed: int = 0) -> nn.Module:

@@ -35,7 +35,7 @@ def test_list_shows_each_recipe_with_its_seed_and_dataset(capsys):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["recipe", "seed", "dataset"]
     rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
-    assert rows == {name: [r.seed_file, r.dataset] for name, r in RECIPES.items()}
+    assert rows == {name: [r.program, r.dataset] for name, r in RECIPES.items()}
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -44,7 +44,7 @@ def test_recipe_help_lists_flags_with_their_defaults(name, capsys):
     rc, out, _ = run_main(capsys, "train", name, "--help")
     assert rc == 0
     text = " ".join(out.split())
-    assert f"(seed {recipe.seed_file})" in text
+    assert f"(seed {recipe.program})" in text
     for flag, default in [("--epochs", recipe.epochs), ("--batch-size", recipe.batch_size), ("--lr", recipe.lr),
                           ("--seed", recipe.seed), ("--data-path", "fast"), ("--device", "auto")]:
         assert flag in text

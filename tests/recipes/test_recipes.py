@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from benchmarks.throughput.seed_loop import seed004_epoch
-from ember.callbacks.loss_printer import loss_of
+from ember.callbacks._output import loss_of
 from ember.data import EpochSampler, load_dataset
 from ember.engine import Events
 from ember.recipes import RECIPES, fashion_mnist_cnn, mnist_mlp_plateau

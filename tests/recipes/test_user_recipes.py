@@ -28,7 +28,7 @@ def user_folder(tmp_path, monkeypatch):
     """The README's recipe as tmp/my_recipe.py, an installed package registering it, fake FashionMNIST."""
     (tmp_path / "my_recipe.py").write_text(readme_recipe())
     (tmp_path / "my_recipe.py").with_name("other.py").write_text(
-        readme_recipe() + "\nSMALL = Recipe(name='fashion-mnist-small', seed_file='-', dataset='fashion-mnist',"
+        readme_recipe() + "\nSMALL = Recipe(name='fashion-mnist-small', program='-', dataset='fashion-mnist',"
         " summary='small', train=train, epochs=1, batch_size=64, lr=0.1, add_arguments=add_arguments)\n"
     )
     info = tmp_path / "wide_pkg-1.0.dist-info"

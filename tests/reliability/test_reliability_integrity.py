@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ember.callbacks import Checkpoint, CheckpointError, CorruptCheckpointError
-from ember.callbacks.rng import get_rng_state
 from ember.steps import create_trainer
+from ember.utils.rng import get_rng_state
 
 
 def make_run(seed: int = 0):

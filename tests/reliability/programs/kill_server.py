@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 import ember.callbacks.checkpoint as ckmod
 from ember.callbacks import Checkpoint
+from ember.checkpoint.folder import CheckpointFolder
 from ember.data import DeviceLoader
 from ember.engine import Engine, Events
 from ember.steps import create_trainer
@@ -127,14 +128,14 @@ def install_hook(kind: str | None, after: int) -> None:
 
     os.replace = slow_replace
 
-    original_evict = Checkpoint._evict
+    original_evict = CheckpointFolder.evict
 
-    def slow_evict(self: Checkpoint) -> None:
+    def slow_evict(self: CheckpointFolder) -> None:
         if kind == "evict" and armed():
             stop_here(current[0])
         original_evict(self)
 
-    Checkpoint._evict = slow_evict  # type: ignore[method-assign]
+    CheckpointFolder.evict = slow_evict  # type: ignore[method-assign]
 
 
 def run(cmd: dict[str, Any]) -> None:

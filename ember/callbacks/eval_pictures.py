@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ember.engine import Engine, Events
+from ember.utils import checks
 
 CONFUSION_MATRIX = "confusion_matrix"
 MISCLASSIFIED = "misclassified"
@@ -32,8 +33,7 @@ class EvalPictures:
     """
 
     def __init__(self, keep: int = 24) -> None:
-        if not isinstance(keep, int) or keep < 0:
-            raise ValueError(f"keep must be a number of images >= 0, got {keep!r}")
+        checks.non_negative_int("keep", keep, "a number of images >= 0")
         self.keep = keep
         self._reset()
 

@@ -4,6 +4,7 @@ iteration, with throughput, learning rates, gradient norm, pictures of the evalu
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -14,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember import distributed as dist
+from ember.callbacks._epoch_totals import EpochTotals
+from ember.callbacks._output import as_number, batch_size_of, loss_of, step_in_epoch
+from ember.callbacks.correct_counter import CorrectCounter
+from ember.callbacks.eval_pictures import CONFUSION_MATRIX, MISCLASSIFIED, confusion_matrix_image, misclassified_grid
 from ember.callbacks.evaluate import EvalEvents
-from ember.callbacks.loss_printer import batch_size_of, loss_of, step_in_epoch
-from ember.callbacks.pictures import CONFUSION_MATRIX, MISCLASSIFIED, confusion_matrix_image, misclassified_grid
-from ember.callbacks.progress import as_float
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
+from ember.utils import checks
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -33,84 +36,13 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     """A value TensorBoard's hparams accept: numbers, bools and strings as they are, anything else as its str."""
     if isinstance(value, (bool, int, float, str)):
         return value
-    number = as_float(value)
-    return number if number is not None else str(value)
+    number = as_number(value)
+    return float(number) if isinstance(number, numbers.Real) else str(value)
 
 
 def lower_is_better(name: str) -> bool:
     """Whether a metric called `name` improves downwards (losses, errors)."""
     return any(word in name.lower() for word in LOWER_IS_BETTER)
-
-
-class CorrectCounter:
-    """A loss function wrapper that counts the batch's right predictions on the device (no host read).
-
-    `create_trainer(model, optimizer, CorrectCounter(loss_fn))` trains as with `loss_fn`; for class scores
-    (N x C) and integer labels (N) it also adds `argmax == label` to a device counter, which
-    TensorBoardLogger(correct=counter) reads once per epoch for the training accuracy. The counter is
-    updated in place, so a training step captured as a CUDA graph keeps counting when replayed.
-    """
-
-    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
-        self.loss_fn = loss_fn
-        self.count: torch.Tensor | None = None
-
-    def __call__(self, y_pred: Any, y: Any) -> torch.Tensor:
-        loss = self.loss_fn(y_pred, y)
-        if isinstance(y_pred, torch.Tensor) and y_pred.ndim == 2 and isinstance(y, torch.Tensor) and y.ndim == 1 \
-                and not y.is_floating_point():
-            hits = (y_pred.detach().argmax(dim=1) == y).sum()
-            if self.count is None:
-                self.count = torch.zeros((), dtype=torch.int64, device=hits.device)
-            self.count.add_(hits)
-        return loss
-
-    def take(self) -> torch.Tensor | None:
-        """The count so far (a device tensor) and a reset to zero; None before any classification batch."""
-        if self.count is None:
-            return None
-        value = self.count.clone()
-        self.count.zero_()
-        return value
-
-
-class _Epoch:
-    """The running sums of one training epoch, on the device, plus its time and samples on the host."""
-
-    def __init__(self, epoch: int, carried: Mapping[str, Any] | None = None) -> None:
-        carried = carried or {}
-        self.epoch = epoch
-        self.start = time.perf_counter() - float(carried.get("elapsed_s", 0.0))
-        self.end: float | None = None
-        self.samples = int(carried.get("samples", 0))
-        self.steps = int(carried.get("steps", 0))
-        self.loss_sum: Any = float(carried.get("loss_sum", 0.0))
-        self.correct: Any = int(carried.get("correct", 0))
-        self.counted = int(carried.get("counted", 0))
-
-    def add(self, loss: Any, correct: Any, n: int) -> None:
-        self.steps += 1
-        self.samples += n
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-        self.loss_sum = loss + self.loss_sum
-        if correct is not None:
-            self.correct = correct + self.correct
-            self.counted += n
-
-    def read(self) -> tuple[float, float | None]:
-        """(mean loss, accuracy or None) with one host read."""
-        values = [self.loss_sum, self.correct]
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        if tensors:
-            device = tensors[0].device
-            values = torch.stack([torch.as_tensor(v, device=device).double() for v in values]).tolist()
-        loss_sum, correct = float(values[0]), float(values[1])
-        mean = loss_sum / self.steps if self.steps else math.nan
-        return mean, (correct / self.counted if self.counted else None)
-
-    def elapsed(self) -> float:
-        return (self.end if self.end is not None else time.perf_counter()) - self.start
 
 
 class TensorBoardLogger:
@@ -168,10 +100,8 @@ class TensorBoardLogger:
         class_names: Sequence[str] | None = None,
         flush_secs: int = 30,
     ) -> None:
-        if not isinstance(log_every, int) or log_every < 0:
-            raise ValueError(f"log_every must be a number of iterations >= 0 (0 = no loss), got {log_every!r}")
-        if not isinstance(histograms_every, int) or histograms_every < 0:
-            raise ValueError(f"histograms_every must be a number of epochs >= 0, got {histograms_every!r}")
+        checks.non_negative_int("log_every", log_every, "a number of iterations >= 0 (0 = no loss)")
+        checks.non_negative_int("histograms_every", histograms_every, "a number of epochs >= 0")
         if histograms_every and model is None:
             raise ValueError("histograms_every > 0 needs the model: pass model=<your nn.Module>")
         self.logdir = os.fspath(logdir)
@@ -190,7 +120,7 @@ class TensorBoardLogger:
         self.writers: dict[str, SummaryWriter] = {}
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
-        self._epoch: _Epoch | None = None
+        self._epoch: EpochTotals | None = None
         self._carried: dict[str, Any] | None = None
         self._lrs: list[Any] = []
         self._evaluations = self._evaluations_logged = 0
@@ -251,7 +181,7 @@ class TensorBoardLogger:
     def _epoch_started(self, engine: Engine) -> None:
         carried = self._carried if self._carried and self._carried.get("epoch") == engine.state.epoch else None
         self._carried = None
-        self._epoch = _Epoch(engine.state.epoch, carried)
+        self._epoch = EpochTotals(engine.state.epoch, carried)
         if self.correct is not None:
             self.correct.take()
         if (cuda := self._cuda_device(engine)) is not None:
@@ -369,9 +299,10 @@ class TensorBoardLogger:
             grid = misclassified_grid(value["images"], value["predicted"], value["true"], self.class_names)
             writer.add_image("images/misclassified", grid, step, dataformats="HWC")
             return
-        number = as_float(value)
-        if number is None:
+        number = as_number(value)
+        if not isinstance(number, numbers.Real):
             return
+        number = float(number)
         writer.add_scalar(f"epoch/{name}", number, step)
         if prefix == f"{VAL}/" and math.isfinite(number):
             self.final[name] = number

@@ -6,27 +6,15 @@ import numbers
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ember import distributed as dist
-from ember.callbacks.loss_printer import batch_size_of
+from ember.callbacks._output import as_number, batch_size_of
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
-
-
-def as_float(value: Any) -> float | None:
-    """The Python float of a one-element tensor/array or a real number, else None (reading a tensor syncs)."""
-    if isinstance(value, torch.Tensor):
-        return float(value.item()) if value.numel() == 1 else None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return float(value.item())
-    return None
+from ember.utils import checks
 
 
 class _AboveTheBar:
@@ -77,7 +65,7 @@ class ProgressBar:
     def __init__(
         self,
         *,
-        per: str = "epoch",
+        per: Literal["epoch", "run"] = "epoch",
         refresh_every: int = 10,
         enabled: bool | None = None,
         file: IO[str] | None = None,
@@ -86,10 +74,8 @@ class ProgressBar:
         mininterval: float = 0.1,
         **tqdm_kwargs: Any,
     ) -> None:
-        if per not in ("epoch", "run"):
-            raise ValueError(f"per must be 'epoch' (a bar per epoch) or 'run' (one bar over epochs), got {per!r}")
-        if not isinstance(refresh_every, int) or refresh_every < 1:
-            raise ValueError(f"refresh_every must be a positive number of iterations, got {refresh_every!r}")
+        checks.one_of("per", per, {"epoch": "a bar per epoch", "run": "one bar over epochs"})
+        checks.positive_int("refresh_every", refresh_every, "a positive number of iterations")
         self.per = per
         self.refresh_every = refresh_every
         self.enabled = enabled
@@ -173,8 +159,8 @@ class ProgressBar:
         if bar is None:
             return
         output = engine.state.output
-        loss = as_float(self.output_transform(output) if self.output_transform is not None else output)
-        postfix = {} if loss is None else {"loss": f"{loss:.4f}"}
+        loss = as_number(self.output_transform(output) if self.output_transform is not None else output)
+        postfix = {"loss": f"{float(loss):.4f}"} if isinstance(loss, numbers.Real) else {}
         size = batch_size_of(engine.state.batch)
         elapsed = time.monotonic() - self._opened_at
         if size and elapsed > 0 and engine.state.iteration > self._opened_iteration:

@@ -6,15 +6,16 @@ import logging
 import math
 import sys
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import torch
 
-from ember.callbacks.loss_printer import step_in_epoch
+from ember.callbacks._output import float_leaves, step_in_epoch
 from ember.distributed import all_reduce_sum, world_size
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
+from ember.utils import checks
 
 logger = logging.getLogger(__name__)
 _GUARDS: weakref.WeakKeyDictionary[Engine, list[TerminateOnNan]] = weakref.WeakKeyDictionary()
@@ -25,35 +26,6 @@ def pending_non_finite(engine: Engine) -> bool:
     collective under torchrun); True when one saw a non-finite value (it has then reported it and stopped the
     run). Checkpoint calls it before saving, so that no save can hold what a later check would have flagged."""
     return any([guard.check(engine) for guard in _GUARDS.get(engine, [])])
-
-
-def float_leaves(obj: Any) -> list[Any]:
-    """The floating-point tensors and Python floats in an output (tensor, number, sequence or mapping)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj.detach()] if obj.is_floating_point() or obj.is_complex() else []
-    if isinstance(obj, float):
-        return [obj]
-    if isinstance(obj, Mapping):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [leaf for item in obj for leaf in float_leaves(item)]
-    return []
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether no tensor holds NaN or Inf, with one host sync per device: a tensor's sum is finite when all its
-    values are (a reduction far cheaper than `isfinite`'s mask); a sum that is not (NaN/Inf, or an overflow)
-    gets the exact check."""
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(t.detach())
-    for ts in by_device.values():
-        sums = torch.stack([t.sum().to(torch.float64) if not t.is_complex() else t.sum().abs().double() for t in ts])
-        if not bool(torch.isfinite(sums).all()):
-            bad = ~torch.isfinite(sums)
-            if any(not bool(torch.isfinite(t).all()) for t, b in zip(ts, bad.tolist()) if b):
-                return False
-    return True
 
 
 class TerminateOnNan:
@@ -79,8 +51,7 @@ class TerminateOnNan:
         output_transform: Callable[[Any], Any] | None = None,
         file: TextIO | None = None,
     ) -> None:
-        if not isinstance(check_every, int) or check_every < 1:
-            raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+        checks.positive_int("check_every", check_every)
         self.check_every = check_every
         self.output_transform = output_transform
         self.file = file
@@ -97,7 +68,7 @@ class TerminateOnNan:
         _GUARDS.setdefault(engine, []).append(self)
 
     def _started(self, engine: Engine) -> None:
-        engine.state.terminated_on_nan = None  # type: ignore[attr-defined]
+        engine.state.terminated_on_nan = None
         self.message = None
         self._steps = []
 
@@ -156,7 +127,7 @@ class TerminateOnNan:
         elif is_loss and value is not None:
             what += f" ({value})"
         self.message = f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}; training stopped."
-        engine.state.terminated_on_nan = (epoch, iteration)  # type: ignore[attr-defined]
+        engine.state.terminated_on_nan = (epoch, iteration)
         if logger.hasHandlers():  # with none, logging's last-resort handler would print it a second time
             logger.error(self.message)
         print(self.message, file=self.file or sys.stderr)

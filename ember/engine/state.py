@@ -1,0 +1,21 @@
+"""The engine's State: Ignite's, plus the fields ember's handlers set, declared rather than bolted on."""
+
+from __future__ import annotations
+
+from ignite.engine.events import State as IgniteState
+
+
+class State(IgniteState):
+    """`ignite.engine.State` (an instance of it) with the outcome fields of ember's handlers.
+
+    They are class-level defaults, not instance attributes, so `repr(state)` and `state.__dict__` stay as
+    Ignite's until a handler sets one:
+
+    - `stop_reason`: the signal that asked GracefulStop to end the run ("SIGTERM"), else None.
+    - `terminated_on_nan`: (epoch, iteration) of the first non-finite output TerminateOnNan saw, else None.
+    - `early_stopped`: EarlyStopping's message when it ended the run, else None.
+    """
+
+    stop_reason: str | None = None
+    terminated_on_nan: tuple[int, int] | None = None
+    early_stopped: str | None = None
