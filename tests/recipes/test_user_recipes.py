@@ -1,4 +1,4 @@
-"""Recipes outside ember's source: the README's "Write your own recipe" file, run as a file, as a module and
+"""Recipes outside ember's source: docs/recipes.md's "Write your own recipe" file, run as a file, as a module and
 through an installed package's entry point; each appears in `ember list` and gets every common flag plus its own."""
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ from fakedata import offline, write_fashion_mnist
 from ember.callbacks import Checkpoint
 from ember.recipes.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RECIPES_DOC = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 
 def readme_recipe() -> str:
-    """The Python block of the README that starts with `# my_recipe.py`."""
-    blocks = re.findall(r"```python\n(# my_recipe\.py\n.*?)```", README.read_text(), re.S)
-    assert len(blocks) == 1, "the README's recipe block is gone"
+    """The Python block of docs/recipes.md that starts with `# my_recipe.py`."""
+    blocks = re.findall(r"```python\n(# my_recipe\.py\n.*?)```", RECIPES_DOC.read_text(), re.S)
+    assert len(blocks) == 1, "docs/recipes.md's recipe block is gone"
     return blocks[0]
 
 
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
-    """The README's recipe as tmp/my_recipe.py, an installed package registering it, fake FashionMNIST."""
+    """docs/recipes.md's recipe as tmp/my_recipe.py, an installed package registering it, fake FashionMNIST."""
     (tmp_path / "my_recipe.py").write_text(readme_recipe())
     (tmp_path / "my_recipe.py").with_name("other.py").write_text(
         readme_recipe() + "\nSMALL = Recipe(name='fashion-mnist-small', program='-', dataset='fashion-mnist',"
