@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 from torchvision.transforms import functional as TF
 
 from ember.data.sampler import check_shard, epoch_indices
+from ember.utils import checks
 
 Device = torch.device | str | None
 Stats = float | Sequence[float]
@@ -123,8 +124,7 @@ class DeviceLoader:
                 "DeviceLoader reads the raw images and applies only ToTensor, normalize= and resize=; "
                 "load the dataset with transform=None"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        checks.positive_int("batch_size", batch_size, ">= 1")
         check_shard(num_replicas, rank)
         self.dataset = dataset
         images, targets = dataset_tensors(dataset)

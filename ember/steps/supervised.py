@@ -10,6 +10,8 @@ torch.compile, channels-last) use `ember.create_trainer`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -44,74 +46,34 @@ def _prediction_and_target(x: Any, y: Any, y_pred: Any) -> tuple[Any, Any]:
     return y_pred, y
 
 
-def supervised_training_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor] | torch.nn.Module,
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = ie._prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _detached_loss,
-    gradient_accumulation_steps: int = 1,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
-) -> Callable:
-    """Ignite's `supervised_training_step`, whose default output is the detached loss (no sync)."""
-    return ie.supervised_training_step(model, optimizer, loss_fn, device, non_blocking, prepare_batch,
-                                       model_transform, output_transform, gradient_accumulation_steps, model_fn)
+def _detached_by_default(ignite_step: Callable[..., Callable]) -> Callable[..., Callable]:
+    """Ignite's step factory `ignite_step`, same signature, whose `output_transform` defaults to the detached loss.
+
+    The other arguments pass through unchanged (positional or by keyword); `help()` and `inspect.signature`
+    show Ignite's parameters with the new default.
+    """
+    signature = inspect.signature(ignite_step)
+
+    @functools.wraps(ignite_step)
+    def step_factory(*args: Any, **kwargs: Any) -> Callable:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments.setdefault("output_transform", _detached_loss)
+        return ignite_step(*bound.args, **bound.kwargs)
+
+    step_factory.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p.replace(default=_detached_loss) if p.name == "output_transform" else p
+        for p in signature.parameters.values()
+    ])
+    step_factory.__module__ = __name__
+    step_factory.__doc__ = (f"Ignite's `{ignite_step.__name__}` (same arguments), whose default output is the "
+                            "detached loss tensor (no host-device sync) instead of `loss.item()`.")
+    return step_factory
 
 
-def supervised_training_step_amp(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor] | torch.nn.Module,
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = ie._prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _detached_loss,
-    scaler: torch.amp.GradScaler | None = None,
-    gradient_accumulation_steps: int = 1,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
-) -> Callable:
-    """Ignite's `supervised_training_step_amp` (autocast, optional GradScaler); default output: detached loss."""
-    return ie.supervised_training_step_amp(model, optimizer, loss_fn, device, non_blocking, prepare_batch,
-                                           model_transform, output_transform, scaler, gradient_accumulation_steps,
-                                           model_fn)
-
-
-def supervised_training_step_apex(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor] | torch.nn.Module,
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = ie._prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _detached_loss,
-    gradient_accumulation_steps: int = 1,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
-) -> Callable:
-    """Ignite's `supervised_training_step_apex` (needs NVIDIA apex); default output: detached loss."""
-    return ie.supervised_training_step_apex(model, optimizer, loss_fn, device, non_blocking, prepare_batch,
-                                            model_transform, output_transform, gradient_accumulation_steps, model_fn)
-
-
-def supervised_training_step_tpu(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor] | torch.nn.Module,
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = ie._prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _detached_loss,
-    gradient_accumulation_steps: int = 1,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = _apply,
-) -> Callable:
-    """Ignite's `supervised_training_step_tpu` (needs torch_xla); default output: detached loss."""
-    return ie.supervised_training_step_tpu(model, optimizer, loss_fn, device, non_blocking, prepare_batch,
-                                           model_transform, output_transform, gradient_accumulation_steps, model_fn)
+supervised_training_step = _detached_by_default(ie.supervised_training_step)
+supervised_training_step_amp = _detached_by_default(ie.supervised_training_step_amp)  # autocast, optional GradScaler
+supervised_training_step_apex = _detached_by_default(ie.supervised_training_step_apex)  # needs NVIDIA apex
+supervised_training_step_tpu = _detached_by_default(ie.supervised_training_step_tpu)  # needs torch_xla
 
 
 def create_supervised_trainer(

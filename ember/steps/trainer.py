@@ -12,6 +12,7 @@ from torch import nn
 from ember.engine.engine import Engine, ProcessFunction
 from ember.steps.batch import Amp, CompileMode, PrepareBatch, autocast, compiled, default_prepare_batch, device_type
 from ember.steps.cuda_graph import GraphedStep, check_cuda_graph
+from ember.utils import checks
 
 
 class Trainer(Engine):
@@ -74,8 +75,7 @@ def create_trainer(
         compile: torch.compile the model's forward (True, or a mode name).
         channels_last: use channels-last memory format for the model and 4-D inputs.
     """
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
+    checks.positive_int("accumulate", accumulate)
     prepare = prepare_batch or default_prepare_batch
     step_device_type = device_type(device, model)
     if cuda_graph:
