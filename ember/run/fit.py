@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -21,148 +19,17 @@ from ember import distributed as dist
 from ember.callbacks import Checkpoint, ProgressBar, TensorBoardLogger, TerminateOnNan
 from ember.callbacks.graceful_stop import GracefulStop, is_worker_death
 from ember.engine import Engine, Events
-
-RUN_KEY = "run"  # the entry of the saved objects that holds the run's identity and configuration
-# Settings a resumed run may change honestly: how long it goes on, where and how fast it runs, what it shows.
-MAY_DIFFER = frozenset({
-    "max_epochs", "epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard", "checkpoint_every",
-    "keep_last", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile", "cuda_graph",
-    "channels_last", "show_plan", "log_every", "images", "histograms", "graph",
-})  # fmt: skip
-
-
-class RunError(Exception):
-    """A run cannot start as asked (another run's folder, a setting that differs on resume); nothing was changed.
-
-    `setting` names what is wrong ("tensorboard", "checkpoint_dir", or the differing config key), so that a
-    command line can say which of its flags to change."""
-
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-class RunRecord:
-    """The run's identity and configuration, saved in each of its checkpoints as the object `"run"`."""
-
-    def __init__(self, run_id: str, config: Mapping[str, Any] | None = None) -> None:
-        self.run_id = run_id
-        self.config = dict(config or {})
-
-    def state_dict(self) -> dict[str, Any]:
-        """The run id and its configuration (plain values only, so the file loads with weights_only=True)."""
-        return {"run_id": self.run_id, "config": _plain(self.config)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take the saved run id and configuration."""
-        self.run_id = state["run_id"]
-        self.config = dict(state["config"])
-
-
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
-    safe = (bool, int, float, str, type(None))
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, safe):
-            return value
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return str(value)
-
-    return {str(k): plain(v) for k, v in config.items()}
-
-
-@dataclass
-class RunResult:
-    """How `fit` ended: the process exit status to use, why it stopped, and where its files are."""
-
-    exit_status: int
-    finished: bool
-    stop_reason: str | None
-    run_id: str
-    checkpoint_dir: str | None
-    logdir: str | None
-    resumed_from: str | None
-
-
-def new_run_id() -> str:
-    """A run id from the local time (`20261203-081502`), unique within a folder by `make_run_dir`."""
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def make_run_dir(root: str | os.PathLike[str], run_id: str | None = None) -> tuple[str, str]:
-    """Create a new, empty run folder under `root` (`root/<run-id>`, `-2`, `-3`... when taken); (folder, id)."""
-    root = os.fspath(root)
-    os.makedirs(root, exist_ok=True)
-    base = run_id or new_run_id()
-    for n in range(1, 1000):
-        rid = base if n == 1 else f"{base}-{n}"
-        try:
-            os.mkdir(os.path.join(root, rid))  # exclusive: two runs started in the same second get two folders
-        except FileExistsError:
-            continue
-        return os.path.join(root, rid), rid
-    raise RunError(f"cannot create a new run folder under {root}: {base} to {base}-999 all exist")
-
-
-def latest_run_dir(root: str | os.PathLike[str]) -> str | None:
-    """The run folder under `root` holding the newest checkpoint (by file time), or None."""
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        return None
-    best: tuple[float, str] | None = None
-    for name in os.listdir(root):
-        folder = os.path.join(root, name)
-        if not os.path.isdir(folder):
-            continue
-        times = [e.stat().st_mtime for e in os.scandir(folder) if e.name.endswith(".pt") and not e.name[0] == "."]
-        if times and (best is None or max(times) > best[0]):
-            best = (max(times), folder)
-    return best[1] if best else None
-
-
-def saved_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run record (`{"run_id", "config"}`) in the newest good checkpoint of `folder`; None when there is none."""
-    path = _newest_good(folder) if os.path.isdir(folder) else None
-    return run_record(path) if path is not None else None
-
-
-def _newest_good(folder: str | os.PathLike[str]) -> str | None:
-    """`Checkpoint.latest` without its warnings: the load that follows warns once about each file it skips."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return Checkpoint.latest(folder)
-
-
-def run_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run record saved in the checkpoint file `path` (None for files written without `fit`)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    record = payload.get("objects", {}).get(RUN_KEY) if isinstance(payload, dict) else None
-    return dict(record) if isinstance(record, Mapping) else None
-
-
-def differing(saved: Mapping[str, Any], config: Mapping[str, Any], may_differ: Iterable[str] = MAY_DIFFER) -> list:
-    """`(key, saved value, new value)` for each setting of `config` that differs from `saved` and may not."""
-    allowed = set(may_differ)
-    plain = _plain(config)
-    return [(k, saved[k], config[k]) for k in plain if k in saved and k not in allowed and saved[k] != plain[k]]
-
-
-def epoch_of(state: Any) -> int:
-    """The epoch that the state's iteration belongs to (1-based), so a stop and its resume name the same one."""
-    length = state.epoch_length
-    if length:
-        return max(1, -(-state.iteration // length))
-    return state.epoch
-
-
-def finished(state: Any) -> bool:
-    """Whether every iteration of the run's `max_epochs` is done."""
-    if state.max_epochs is None:
-        return False
-    if state.epoch_length:
-        return state.iteration >= state.epoch_length * state.max_epochs
-    return state.epoch >= state.max_epochs
+from ember.run.folder import make_run_dir, newest_good, run_record
+from ember.run.record import (
+    MAY_DIFFER,
+    RUN_KEY,
+    RunError,
+    RunRecord,
+    RunResult,
+    differing,
+    epoch_of,
+    finished,
+)
 
 
 def _plural(n: int, word: str) -> str:
@@ -341,7 +208,7 @@ def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRe
     """Load the newest good checkpoint of the run in `folder` when asked to; refuse to mix two runs."""
     names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")] \
         if os.path.isdir(folder) else []
-    newest = _newest_good(folder) if names else None
+    newest = newest_good(folder) if names else None
     saved = run_record(newest) if newest is not None else None
     if not resume:
         if names:
