@@ -221,10 +221,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 def cleanup() -> None:
     """Leave and destroy the process group (at the end of training); a no-op when not distributed.
 
-    First it drops the gradient reducers of the DDP wrappers `wrap_model` made: a reducer that outlives its
-    process group can abort the process as it exits ("terminate called without an active exception", SIGABRT;
-    about one exit in eight with gloo and torch 2.14), so torchrun reports a finished run as failed. A wrapper
-    cannot train once its group is gone anyway; `unwrap(model)` still gives the trained module.
+    First it lets go of the group from the DDP wrappers `wrap_model` made (their reducer and their
+    `process_group`), so that destroying the group really ends it: its gloo worker threads stop now, while
+    Python runs. Left to the end of the process, a worker thread that frees a finished collective during
+    interpreter shutdown aborts it ("terminate called without an active exception", SIGABRT: about one exit
+    in eight with gloo and torch 2.14), and torchrun reports a finished run as failed. A wrapper cannot train
+    once its group is gone anyway; `unwrap(model)` still gives the trained module.
     """
     if not is_enabled():
         return
@@ -232,6 +234,7 @@ def cleanup() -> None:
         if hasattr(wrapped, "reducer"):
             wrapped.logger = None  # the C++ logger holds the reducer too
             del wrapped.reducer
+        wrapped.process_group = None
     _WRAPPED.clear()
     dist.destroy_process_group()
     _sync_ignite()

@@ -238,16 +238,26 @@ def test_single_process_helpers_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> N
     dist.cleanup()
 
 
-def test_cleanup_drops_the_ddp_reducers_before_the_process_group(tmp_path: Path) -> None:
-    """A reducer outliving its gloo group aborts some exits (SIGABRT), so cleanup() releases wrap_model's first."""
+def _gloo_worker_threads() -> int:
+    """How many of this process's threads are gloo's collective workers (Linux names them pt_gloo_runloop)."""
+    tasks = Path("/proc/self/task")
+    return sum((t / "comm").read_text().strip() == "pt_gloo_runloop" for t in tasks.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the process's threads")
+def test_cleanup_ends_the_groups_worker_threads_while_python_runs(tmp_path: Path) -> None:
+    """A gloo worker left to interpreter shutdown aborts some exits (SIGABRT): cleanup() must end the workers."""
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     net = nn.Linear(2, 2)
     model = dist.wrap_model(net, "cpu")
-    assert isinstance(model, nn.parallel.DistributedDataParallel) and hasattr(model, "reducer")
+    assert isinstance(model, nn.parallel.DistributedDataParallel)
     model(torch.ones(3, 2)).sum().backward()
+    dist.gather_object({"rank": dist.rank()})
+    dist.barrier()
+    assert _gloo_worker_threads() > 0
     dist.cleanup()
     assert not dist.is_enabled()
-    assert not hasattr(model, "reducer")
+    assert _gloo_worker_threads() == 0
     assert dist.unwrap(model) is net and net(torch.ones(1, 2)).shape == (1, 2)
 
 
