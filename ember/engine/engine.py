@@ -359,4 +359,3 @@ def _fire_through(engine: Engine, event: Any) -> Callable[[State], None]:
         engine._fire_event(event)
 
     return fire
-

@@ -199,5 +199,3 @@ def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
         args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
     if args.logdir is None:
         args.logdir = os.path.join("runs", recipe.name, args.run_id)
-
-
