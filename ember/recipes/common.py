@@ -25,7 +25,8 @@ from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunError, fit, make_run_dir
+from ember.run import MAY_DIFFER, RunError, fit
+from ember.run.folder import place_run
 from ember.steps import create_evaluator, create_trainer
 
 __all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
@@ -98,7 +99,8 @@ class RunContext:
         model = model.to(self.device)
         if self.args.channels_last if channels_last is None else channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return dist.wrap_model(model, self.device)
+        return dist.wrap_model(model, self.device, strategy=self.args.strategy,
+                               mixed_precision=self.args.fsdp_precision)
 
     def trainer(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, **kwargs: Any) -> Engine:
         """`create_trainer` with the recipe's device, --amp, --compile, --cuda-graph and --channels-last.
@@ -143,6 +145,7 @@ class RunContext:
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
+                sharded=args.strategy == "fsdp",
             )
         except RunError as exc:
             if exc.setting == "tensorboard":
@@ -193,8 +196,7 @@ def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
     """A new run's own folders (made by rank 0, the same on every rank), unless the flags name them."""
     if args.checkpoint_dir is None:
         root = os.path.join("checkpoints", recipe.name)
-        args.checkpoint_dir, args.run_id = make_run_dir(root) if dist.is_main() else (None, None)
-        args.checkpoint_dir, args.run_id = dist.broadcast_object((args.checkpoint_dir, args.run_id))
+        args.checkpoint_dir, args.run_id = place_run(root)
     if args.run_id is None:
         args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
     if args.logdir is None:

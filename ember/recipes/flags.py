@@ -68,6 +68,11 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--seed", type=_seed, default=recipe.seed, help="random seed (model init, shuffling)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp replicates the model on every process; fsdp shards parameters, "
+                        "gradients and optimizer state over them (FSDP2), with sharded checkpoint folders")
+    p.add_argument("--fsdp-precision", choices=["bf16"], default=None,
+                   help="with --strategy fsdp: compute in bf16, reduce gradients in fp32 (fp32 master weights)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (else $EMBER_DATA)")
     p.add_argument("--data-path", choices=["fast", "dataloader"], default="fast",
                    help="fast: whole dataset on the device, batched there; dataloader: the seed's DataLoader")
