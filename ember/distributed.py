@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "all_gather_object",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
@@ -29,6 +30,7 @@ __all__ = [
     "elastic_restart_count",
     "init",
     "is_sharded",
+    "planned_world_size",
     "is_enabled",
     "is_main",
     "local_rank",
@@ -121,6 +123,13 @@ def first_host(nodelist: str) -> str:
         raise RuntimeError(f"cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR")
     prefix, ranges = match.group(1), match.group(2)
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def planned_world_size() -> int:
+    """The number of processes this one will train with, read from torchrun's or Slurm's variables before
+    `init()` (1 in a plain process)."""
+    env = slurm_environment(os.environ) if "RANK" not in os.environ else {}
+    return int(os.environ.get("WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
 
 
 def elastic_restart_count() -> int:
@@ -216,6 +225,15 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=_comm_device())
     return box[0]
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's picklable `obj`, in rank order, on every rank; [obj] when alone."""
+    if not is_enabled():
+        return [obj]
+    out: list[T] = [obj] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gather_object(obj: T, dst: int = 0) -> list[T] | None:

@@ -29,7 +29,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 
 from ember import distributed as dist
@@ -102,14 +101,6 @@ def _crc(path: str) -> tuple[int, int]:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return size, crc
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not dist.is_enabled():
-        return [obj]
-    out: list[Any] = [None] * dist.world_size()
-    torch_dist.all_gather_object(out, obj)
-    return out
 
 
 def mesh_of(objects: Mapping[str, Any]) -> list[int]:
@@ -292,7 +283,7 @@ def verify_files(path: str, payload: dict[str, Any]) -> None:
     torchrun); CorruptCheckpointError on every rank, naming the first bad file, when one fails."""
     files = payload["sharded"]["files"]
     names = sorted(files)[dist.rank():: dist.world_size()]
-    problems = [p for p in _all_gather(_check_crcs(path, names, files)) if p]
+    problems = [p for p in dist.all_gather_object(_check_crcs(path, names, files)) if p]
     if problems:
         raise _corrupt(path, problems[0])
 
@@ -383,4 +374,4 @@ def local_tensors(state: Any) -> Any:
 
 def agreed(problem: str | None) -> str | None:
     """The first rank's problem when any rank has one (every rank gets the same answer; a collective call)."""
-    return next((p for p in _all_gather(problem) if p), None)
+    return next((p for p in dist.all_gather_object(problem) if p), None)

@@ -24,6 +24,7 @@ from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
+from ember.recipes.flags import GLOBAL_BATCH
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import MAY_DIFFER, RunError, fit
 from ember.run.folder import place_run
@@ -140,7 +141,8 @@ class RunContext:
         try:
             result = fit(
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
-                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
+                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER | {"batch_size"},
+                run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
@@ -155,9 +157,11 @@ class RunContext:
         return result.exit_status
 
     def config(self) -> dict[str, Any]:
-        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints."""
+        """Every flag of this run (recipe-specific ones included), the recipe's name and the global batch (what
+        must match on resume; the batch per process may change with the number of processes), for its checkpoints."""
         skip = {"resume", "run_id"}
-        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip}}
+        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip},
+                GLOBAL_BATCH: self.args.batch_size * dist.world_size()}
 
     def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
         """The TensorBoard logger of this run, as the TensorBoard flags say."""

@@ -116,6 +116,7 @@ def main() -> None:
         report = {"resumed_from": loaded, "exit_status": 0, "finished": False}
     else:
         result = ember.fit(trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.ckpt,
+                           sharded=args.strategy == "fsdp",
                            resume=args.resume, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                            progress=False, max_iterations=args.max_iterations, config={"seed": 0})
         report = {"resumed_from": result.resumed_from, "exit_status": result.exit_status,
