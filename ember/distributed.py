@@ -89,9 +89,23 @@ def init(backend: str | None = None) -> bool:
             f"LOCAL_RANK={local} has no GPU: {torch.cuda.device_count()} visible on this machine; start at "
             "most that many processes per machine (torchrun --nproc_per_node), or pass backend='gloo' for CPU"
         )
-    dist.init_process_group(backend, device_id=device_id)
+    dist.init_process_group(backend, device_id=device_id, **_restart_store())
     _sync_ignite()
     return True
+
+
+def _restart_store() -> dict[str, Any]:
+    """Under torchelastic, the process group's store keys prefixed by the restart count.
+
+    torchelastic's agent keeps one store across restarts, and the process group's keys (gloo's rank
+    addresses among them) carry no attempt of their own: a restarted rank may read an address its peer
+    published before the restart and fail to connect. A prefix per restart keeps each attempt's keys apart.
+    """
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return {}
+    store, rank_, world = next(dist.rendezvous("env://"))
+    prefixed = dist.PrefixStore(f"ember/attempt_{elastic_restart_count()}/", store)
+    return {"store": prefixed, "rank": rank_, "world_size": world}
 
 
 def slurm_environment(env: Mapping[str, str]) -> dict[str, str]:

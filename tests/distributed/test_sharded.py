@@ -194,7 +194,7 @@ def test_resharding_loads_exactly_the_saved_weights_and_optimizer_state(runs: di
 def test_a_rank_killed_during_a_sharded_save_leaves_the_previous_checkpoint(runs: dict[str, Run]) -> None:
     killed = runs["killed_save"]
     assert killed.returncodes[0] != 0
-    names = os.listdir(runs["after_kill"].out / "ckpt")
+    names = os.listdir(killed.out / "ckpt")
     result = runs["after_kill"].check()
     assert result["resumed_from"].endswith("checkpoint_000000004.dcp"), result["resumed_from"]
     assert not [n for n in names if n.startswith(".tmp-")], names  # the torn folder was removed
