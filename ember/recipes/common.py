@@ -96,9 +96,12 @@ class RunContext:
 
     def model(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
         """Move the model to the device (in channels-last format with --channels-last) and wrap it for DDP
-        when distributed; the memory format comes first, so DDP's gradient buckets match it."""
+        or FSDP2 (--strategy) when distributed; the memory format comes first, so DDP's gradient buckets match
+        it. FSDP2 shards only contiguous parameters, so under it the weights keep their format (the batches
+        are still channels-last)."""
         model = model.to(self.device)
-        if self.args.channels_last if channels_last is None else channels_last:
+        sharding = self.args.strategy == "fsdp" and dist.world_size() > 1
+        if (self.args.channels_last if channels_last is None else channels_last) and not sharding:
             model = model.to(memory_format=torch.channels_last)
         return dist.wrap_model(model, self.device, strategy=self.args.strategy,
                                mixed_precision=self.args.fsdp_precision)
