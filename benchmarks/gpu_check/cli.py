@@ -23,6 +23,14 @@ POLL_S = 0.2
 REPO = Path(__file__).resolve().parents[2]
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached the runner (e.g. `timeout` around it): stop the worker, report what is done."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks/gpu_check.sh",
@@ -66,6 +74,7 @@ class Runner:
         self.out, self.dry = out, dry
         self.deadline = None if budget_s is None else time.monotonic() + budget_s
         self.mode = "cpu-dry-run" if dry else "cuda"
+        self.interrupted = ""
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def limit(self, part: Part) -> float:
@@ -77,6 +86,9 @@ class Runner:
     def run(self, names: list[str]) -> None:
         pending = list(names)
         while pending:
+            if self.interrupted:
+                self.finish(BY_NAME[pending.pop(0)], f"skipped: the run was stopped ({self.interrupted})", 0.0)
+                continue
             if self.deadline is not None and self.deadline - time.monotonic() < 5:
                 self.finish(BY_NAME[pending.pop(0)], "skipped: out of the time budget (--budget-s)", 0.0)
                 continue
@@ -106,8 +118,8 @@ class Runner:
         try:
             while index < len(group):
                 part = BY_NAME[group[index]]
-                rec = read_record(self.out, part.name)
-                if rec is not None and rec["status"] != "running":
+                rec = self.final(part.name)
+                if rec is not None:
                     self.announce(rec)
                     done.append(part.name)
                     index, since = index + 1, time.monotonic()
@@ -115,19 +127,27 @@ class Runner:
                 limit = self.limit(part)
                 if time.monotonic() - since > limit:
                     _kill(proc)
-                    self.stopped(part, rec, f"timeout: stopped at its limit of {limit:.0f} s", limit)
+                    self.stopped(part, f"timeout: stopped at its limit of {limit:.0f} s", limit)
                     done.append(part.name)
                     break
                 if proc.poll() is not None:
-                    rec = read_record(self.out, part.name)
-                    if rec is not None and rec["status"] != "running":
+                    if self.final(part.name) is not None:
                         continue  # written just before the worker ended
-                    self.stopped(part, rec, f"error: the worker process ended (exit status {proc.returncode}) "
-                                            f"before the part finished; see logs/{group[0]}.log",
-                                 time.monotonic() - since)
+                    self.stopped(part, f"error: the worker process ended (exit status {proc.returncode}) before the "
+                                       f"part finished; see logs/{group[0]}.log", time.monotonic() - since)
                     done.append(part.name)
                     break
                 time.sleep(POLL_S)
+        except Interrupted as why:
+            self.interrupted = str(why)
+            _kill(proc)
+            while index < len(group) and (rec := self.final(group[index])) is not None:
+                self.announce(rec)  # finished before the signal, unnoticed until now
+                done.append(group[index])
+                index += 1
+            if index < len(group):
+                self.stopped(BY_NAME[group[index]], f"stopped: the run got {why}", time.monotonic() - since)
+                done.append(group[index])
         finally:
             if proc.poll() is None and index >= len(group):
                 try:
@@ -139,9 +159,14 @@ class Runner:
             log.close()
         return done
 
-    def stopped(self, part: Part, rec: dict | None, status: str, seconds: float) -> None:
+    def final(self, name: str) -> dict | None:
+        """The part's record once it is final (not "running"), else None."""
+        rec = read_record(self.out, name)
+        return rec if rec is not None and rec["status"] != "running" else None
+
+    def stopped(self, part: Part, status: str, seconds: float) -> None:
         """A part that did not finish: keep what it saved so far, with the reason as its status."""
-        rec = rec or record(part, status, "", {}, seconds, self.dry)
+        rec = read_record(self.out, part.name) or record(part, status, "", {}, seconds, self.dry)
         rec.update(status=status, seconds=round(seconds, 2))
         write_record(self.out, rec)
         self.announce(rec)
@@ -166,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = args.budget_s if args.budget_s is not None else (None if args.cpu_dry_run else BUDGET_S)
     start = time.monotonic()
-    Runner(out, args.cpu_dry_run, budget).run(args.names)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+    runner = Runner(out, args.cpu_dry_run, budget)
+    runner.run(args.names)
     path = write_report(out, args.names, dry=args.cpu_dry_run, seconds=time.monotonic() - start,
                         command=" ".join(["benchmarks/gpu_check.sh", *(sys.argv[1:] if argv is None else argv)]))
     print(path)
-    return 0
+    return 130 if runner.interrupted else 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.gpu_check.parts import NO_CUDA, Context
+from benchmarks.gpu_check.parts import NO_CUDA, Context, call_main
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA_REASON = "needs a CUDA device"
@@ -131,6 +131,8 @@ class SyncProbe:
     def synced(self) -> None:
         if self.current is not None:
             frames = traceback.extract_stack()[:-2]  # without this method and the warning hook
+            while frames and Path(frames[-1].filename).name == "warnings.py":
+                frames.pop()  # the warnings module's own frames: the caller is the frame before them
             ours = [f for f in frames if "/ember/" in f.filename
                     or ("/benchmarks/" in f.filename and "gpu_check" not in f.filename)]
             shown = (ours or frames)[-4:] + ([frames[-1]] if ours and frames[-1] is not ours[-1] else [])
@@ -210,7 +212,7 @@ def sync_free(ctx: Context) -> tuple[str, str, dict[str, Any]]:
         argv = ["train", recipe, "--device", ctx.device, "--max-iterations", str(n + 1),
                 "--checkpoint-dir", str(ctx.scratch / f"ckpt-{recipe}"), "--logdir", str(ctx.scratch / f"tb-{recipe}")]
         with watching(probe):
-            code = ember_cli(argv)
+            code = call_main(ember_cli, argv)
         quiet = {i: len(s) for i, s in probe.syncs.items() if i not in probe.output}
         loud = sum(len(s) for i, s in probe.syncs.items() if i in probe.output)
         results[recipe] = {"exit_code": code, "output_iterations": sorted(probe.output),

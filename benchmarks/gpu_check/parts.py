@@ -15,6 +15,15 @@ from typing import Any
 NO_CUDA = "skipped: no CUDA device"
 
 
+def call_main(main: Any, argv: list[str]) -> int:
+    """A command line's `main(argv)` called in this process: its exit status, also when it exits by SystemExit
+    (argparse's errors), so that a refused flag fails the part instead of ending the worker."""
+    try:
+        return int(main(argv) or 0)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+
+
 @dataclass(frozen=True)
 class Part:
     """One part: its name (also its JSON file's), report section, title, time limits and whether it needs CUDA.
@@ -33,15 +42,15 @@ class Part:
 
 
 PARTS: tuple[Part, ...] = (
-    Part("setup", "setup", "Set-up: Python, packages, CUDA, data", 40, 120, False),
-    Part("cuda-tests", "correctness", "The tests that need a CUDA device", 50, 120, True),
-    Part("sync-free", "correctness", "No host-device sync on quiet iterations (sync debug mode)", 50, 120, True),
-    Part("graph-vs-eager", "correctness", "CUDA-graph step vs eager step", 40, 90, True),
+    Part("setup", "setup", "Set-up: Python, packages, CUDA, data", 30, 120, False),
+    Part("cuda-tests", "correctness", "The tests that need a CUDA device", 45, 120, True),
+    Part("sync-free", "correctness", "No host-device sync on quiet iterations (sync debug mode)", 45, 120, True),
+    Part("graph-vs-eager", "correctness", "CUDA-graph step vs eager step", 35, 90, True),
     Part("ddp-nccl", "correctness", "Two-process DDP over NCCL", 60, 30, True),
-    Part("throughput-mlp", "speed", "Throughput: fashion-mnist-mlp (batch 64)", 100, 150, False),
-    Part("throughput-cnn", "speed", "Throughput: fashion-mnist-cnn (batch 100)", 90, 150, False),
-    Part("launch-limit", "speed", "Tutorial MLP: CUDA-graph epoch vs the launch limit", 40, 90, True),
-    Part("speedrun", "speed", "ember train fashion-mnist-speedrun: time to 92%", 50, 90, False),
+    Part("throughput-mlp", "speed", "Throughput: fashion-mnist-mlp (batch 64)", 120, 150, False),
+    Part("throughput-cnn", "speed", "Throughput: fashion-mnist-cnn (batch 100)", 100, 150, False),
+    Part("launch-limit", "speed", "Tutorial MLP: CUDA-graph epoch vs the launch limit", 35, 90, True),
+    Part("speedrun", "speed", "ember train fashion-mnist-speedrun: time to 92%", 45, 90, False),
     Part("machine", "machine", "The machine", 15, 60, False),
 )
 BY_NAME = {p.name: p for p in PARTS}
@@ -66,7 +75,7 @@ class Sizes:
 
 
 ALL_ROWS = ("seed", "ignite", "lightning", "ember-dataloader", "ember", "ember-fast", "ember-fast-compile")
-CUDA_SIZES = Sizes(sync_iterations=100, graph_iterations=200, throughput_repeats=3, throughput_samples=30000,
+CUDA_SIZES = Sizes(sync_iterations=100, graph_iterations=200, throughput_repeats=3, throughput_samples=20000,
                    throughput_rows=ALL_ROWS, launch_epochs=3, launch_samples=None, profile_iterations=20,
                    speedrun_repeats=2, speedrun_flags=(), ddp_iterations=50)
 # The dry run keeps every code path but the slowest rows to set up (Lightning's, the DataLoader's ember row)

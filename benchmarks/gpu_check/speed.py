@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from benchmarks._report import spread
-from benchmarks.gpu_check.parts import NO_CUDA, Context
+from benchmarks.gpu_check.parts import NO_CUDA, Context, call_main
 
 
 class _Both(io.StringIO):
@@ -51,7 +51,7 @@ def throughput(ctx: Context, recipe: str, batch_size: int) -> tuple[str, str, di
     markdown = ""
     for repeat in range(ctx.sizes.throughput_repeats):
         path = ctx.scratch / f"repeat-{repeat}.json"
-        code = bench.main([*argv, "--json", str(path)])
+        code = call_main(bench.main, [*argv, "--json", str(path)])
         if code != 0:
             return f"failed: benchmarks.throughput exited with {code}", markdown, data
         runs.append(json.loads(path.read_text()))
@@ -245,7 +245,7 @@ def speedrun(ctx: Context) -> tuple[str, str, dict[str, Any]]:
             capture = _Both(sys.stdout)
             t = time.perf_counter()
             with contextlib.redirect_stdout(capture):
-                code = ember_cli(argv)
+                code = call_main(ember_cli, argv)
             text = capture.getvalue()
             reached = REACHED.search(text)
             runs[name].append({"exit_code": code, "wall_s": time.perf_counter() - t,

@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,32 @@ def test_a_part_over_its_limit_or_crashing_ends_alone_and_the_next_parts_run(tmp
     assert [line.split()[1] for line in printed[:-1]] == names
 
 
+def test_sigterm_stops_the_worker_and_still_writes_the_report(tmp_path):
+    (tmp_path / "fake_worker.py").write_text(FAKE_WORKER)
+    (tmp_path / "driver.py").write_text(textwrap.dedent("""
+        import sys
+        from benchmarks.gpu_check import cli
+        cli.Runner.worker_module = "fake_worker"
+        raise SystemExit(cli.main(sys.argv[1:]))
+    """))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(out), "--cpu-dry-run", "--parts",
+                             "setup,sync-free,machine"], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "sleeper.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    printed, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert printed.splitlines()[-1] == str(out / "report.md") and (out / "report.md").is_file()
+    status = {n: json.loads((out / f"{n}.json").read_text())["status"] for n in ("setup", "sync-free", "machine")}
+    assert status == {"setup": "passed", "sync-free": "stopped: the run got SIGTERM",
+                      "machine": "skipped: the run was stopped (SIGTERM)"}
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((out / "sleeper.pid").read_text()), 0)
+
+
 def test_parts_outside_the_budget_are_skipped_and_unknown_parts_refused(tmp_path, capsys):
     assert cli.main([str(tmp_path), "--budget-s", "0", "--parts", "machine"]) == 0
     assert json.loads((tmp_path / "machine.json").read_text())["status"].startswith("skipped: out of the time budget")
@@ -144,3 +173,43 @@ def test_carry_folder_holds_the_data_and_commit_and_respects_the_size_limit(tmp_
     missing = subprocess.run([script, str(tmp_path / "carry")], env=dict(env, EMBER_DATA=str(tmp_path)),
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "is not in" in missing.stderr
+
+
+def test_sync_probe_counts_each_sync_for_its_iteration_and_tells_quiet_iterations_from_loud_ones():
+    import torch
+    from torch import nn
+
+    from benchmarks.gpu_check.correctness import SyncProbe, watching
+    from ember.engine import Events
+    from ember.steps import create_trainer
+
+    probe = SyncProbe(watch=4, cuda=False)
+
+    def sync():  # what torch does under torch.cuda.set_sync_debug_mode("warn")
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=2)
+
+    def batches():  # fetching the batch of iteration 3 syncs: it counts for iteration 3
+        for i in range(1, 7):
+            if i == 3:
+                sync()
+            yield torch.randn(2, 3), torch.tensor([0, 1])
+
+    model = nn.Linear(3, 2)
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy)
+
+    def handler(engine):
+        i = engine.state.iteration
+        if i == 2:
+            print("loss printed")
+            sync()
+        if i in (4, 5):  # 4 is quiet; 5 is past the watched iterations
+            sync()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
+    with watching(probe):
+        probe.attach(trainer)
+        trainer.run(batches(), max_epochs=1, epoch_length=6)
+    assert probe.output == {2}
+    assert {i: len(s) for i, s in probe.syncs.items()} == {2: 1, 3: 1, 4: 1}
+    stack = probe.syncs[4][0]  # where the sync came from: the calling line, the engine's frames before it
+    assert stack[-1].endswith(" sync") and len(stack) >= 2, stack
