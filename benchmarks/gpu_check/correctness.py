@@ -256,8 +256,9 @@ def _train_losses(recipe: str, device: str, iterations: int, cuda_graph: bool) -
                          device=device)
     torch.manual_seed(0)
     model = (NeuralNetwork() if recipe == "fashion-mnist-mlp" else Network()).to(device)
+    # Adam's capturable form in both runs (a captured step needs it), so that only the graph differs
     optimizer = (torch.optim.SGD(model.parameters(), lr=spec.lr) if recipe == "fashion-mnist-mlp"
-                 else torch.optim.Adam(model.parameters(), lr=spec.lr))
+                 else torch.optim.Adam(model.parameters(), lr=spec.lr, capturable=device == "cuda"))
     trainer = create_trainer(model, optimizer, nn.functional.cross_entropy, device, cuda_graph=cuda_graph)
     losses: list[torch.Tensor] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output.detach().clone()))
@@ -309,12 +310,20 @@ def ddp_nccl(ctx: Context) -> tuple[str, str, dict[str, Any]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ember",
            "train", "fashion-mnist-mlp", "--device", "cuda", "--max-iterations", str(ctx.sizes.ddp_iterations),
            "--no-tensorboard", "--checkpoint-dir", str(ctx.scratch / "ckpt")]
-    got = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    text = got.stdout + got.stderr
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        text, _ = run.communicate(timeout=ctx.part.timeout_s - 15)
+    except subprocess.TimeoutExpired:
+        run.terminate()  # torchrun passes SIGTERM on to its ranks, which may sit in their own sessions
+        try:
+            text, _ = run.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            text, _ = run.communicate()
     print(text)
-    ok = got.returncode == 0 and "Distributed: 2 processes" in text
+    ok = run.returncode == 0 and "Distributed: 2 processes" in text
     saved = sorted(p.name for p in (ctx.scratch / "ckpt").glob("*.pt"))
-    data = {"command": " ".join(cmd[1:]), "exit_code": got.returncode, "checkpoints": saved,
+    data = {"command": " ".join(cmd[1:]), "exit_code": run.returncode, "checkpoints": saved,
             "output_tail": text[-2000:]}
-    markdown = f"`{' '.join(cmd[1:])}`: exit status {got.returncode}; checkpoints {saved or 'none'}."
-    return ("passed" if ok and saved else f"failed: exit status {got.returncode}"), markdown, data
+    markdown = f"`{' '.join(cmd[1:])}`: exit status {run.returncode}; checkpoints {saved or 'none'}."
+    return ("passed" if ok and saved else f"failed: exit status {run.returncode}"), markdown, data

@@ -42,7 +42,7 @@ class Part:
 
 
 PARTS: tuple[Part, ...] = (
-    Part("setup", "setup", "Set-up: Python, packages, CUDA, data", 30, 120, False),
+    Part("setup", "setup", "Set-up: Python, packages, CUDA, data", 45, 120, False),
     Part("cuda-tests", "correctness", "The tests that need a CUDA device", 45, 120, True),
     Part("sync-free", "correctness", "No host-device sync on quiet iterations (sync debug mode)", 45, 120, True),
     Part("graph-vs-eager", "correctness", "CUDA-graph step vs eager step", 35, 90, True),
