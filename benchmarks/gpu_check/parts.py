@@ -66,6 +66,7 @@ class Sizes:
     throughput_repeats: int  # interleaved repeats of every throughput row
     throughput_samples: int  # --limit-samples of the throughput runs
     throughput_rows: tuple[str, ...]  # the throughput benchmark's rows (--loops)
+    throughput_alone: tuple[str, ...]  # rows run in a call of their own, after the others, in every round
     launch_epochs: int  # timed epochs of the tutorial MLP (after one warm-up epoch)
     launch_samples: int | None  # training samples of those epochs (None: all 60,000)
     profile_iterations: int  # eager iterations profiled to count kernels per iteration
@@ -76,12 +77,13 @@ class Sizes:
 
 ALL_ROWS = ("seed", "ignite", "lightning", "ember-dataloader", "ember", "ember-fast", "ember-fast-compile")
 CUDA_SIZES = Sizes(sync_iterations=100, graph_iterations=200, throughput_repeats=3, throughput_samples=20000,
-                   throughput_rows=ALL_ROWS, launch_epochs=3, launch_samples=None, profile_iterations=20,
-                   speedrun_repeats=2, speedrun_flags=(), ddp_iterations=50)
-# The dry run keeps every code path but the slowest rows to set up (Lightning's, the DataLoader's ember row)
+                   throughput_rows=ALL_ROWS, throughput_alone=("ember-fast-compile",), launch_epochs=3,
+                   launch_samples=None, profile_iterations=20, speedrun_repeats=2, speedrun_flags=(), ddp_iterations=50)
+# The dry run keeps every code path but the slowest rows to set up (Lightning's, the DataLoader's ember row);
+# a CPU row runs alone there (the benchmark has nothing to run in a call of CUDA rows only on a CPU).
 DRY_SIZES = Sizes(sync_iterations=2, graph_iterations=3, throughput_repeats=1, throughput_samples=64,
-                  throughput_rows=("seed", "ignite", "ember", "ember-fast-compile"), launch_epochs=1,
-                  launch_samples=64, profile_iterations=2, speedrun_repeats=1,
+                  throughput_rows=("seed", "ignite", "ember", "ember-fast-compile"), throughput_alone=("ember",),
+                  launch_epochs=1, launch_samples=64, profile_iterations=2, speedrun_repeats=1,
                   speedrun_flags=("--epochs", "1", "--max-iterations", "2"), ddp_iterations=2)
 
 

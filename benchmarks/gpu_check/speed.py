@@ -38,33 +38,43 @@ def _fmt(s: dict[str, float], digits: int = 0) -> str:
 
 
 def throughput(ctx: Context, recipe: str, batch_size: int) -> tuple[str, str, dict[str, Any]]:
-    """benchmarks.throughput over the sizes' rows, one repeat per call (all rows each time, so a slow spell of
-    the machine hits them all), as many calls as the sizes say; medians over the calls. Each call's figures
-    are saved as they come, so a part stopped at its limit keeps the repeats it finished."""
+    """benchmarks.throughput over the sizes' rows, one repeat of every row per round (so a slow spell of the
+    machine hits them all), as many rounds as the sizes say; medians over the rounds. A round is two calls:
+    the rows of `throughput_alone` (torch.compile's, whose first compilation may be long) run in a call of their
+    own after the others, and each call's figures are saved as they come, so a part stopped at its limit
+    keeps every row it finished."""
     from benchmarks.throughput import cli as bench
 
-    argv = ["--device", ctx.device, "--recipe", recipe, "--batch-size", str(batch_size),
-            "--loops", ",".join(ctx.sizes.throughput_rows), "--repeats", "1", "--retries", "0",
-            "--limit-samples", str(ctx.sizes.throughput_samples)]
+    rows = ctx.sizes.throughput_rows
+    alone = ctx.sizes.throughput_alone
+    calls = [[r for r in rows if r not in alone], [r for r in rows if r in alone]]
+    common = ["--device", ctx.device, "--recipe", recipe, "--batch-size", str(batch_size), "--repeats", "1",
+              "--retries", "0", "--limit-samples", str(ctx.sizes.throughput_samples)]
     runs: list[dict[str, Any]] = []
     data: dict[str, Any] = {}
     markdown = ""
     for repeat in range(ctx.sizes.throughput_repeats):
-        path = ctx.scratch / f"repeat-{repeat}.json"
-        code = call_main(bench.main, [*argv, "--json", str(path)])
-        if code != 0:
-            return f"failed: benchmarks.throughput exited with {code}", markdown, data
-        runs.append(json.loads(path.read_text()))
-        data, markdown = _summarise(runs, argv)
-        ctx.save("running", markdown, **data)
+        for k, loops in enumerate(c for c in calls if c):
+            path = ctx.scratch / f"repeat-{repeat}-{k}.json"
+            code = call_main(bench.main, [*common, "--loops", ",".join(loops), "--json", str(path)])
+            if code != 0:
+                return f"failed: benchmarks.throughput exited with {code}", markdown, data
+            got = json.loads(path.read_text())
+            if k == 0:
+                runs.append(got)
+            else:
+                runs[-1]["loops"].update(got["loops"])
+                runs[-1]["skipped"].update(got["skipped"])
+            data, markdown = _summarise(runs, [*common, "--loops", ",".join(rows)], calls[1])
+            ctx.save("running", markdown, **data)
     return "measured", markdown, data
 
 
-def _summarise(runs: list[dict[str, Any]], argv: list[str]) -> tuple[dict[str, Any], str]:
+def _summarise(runs: list[dict[str, Any]], argv: list[str], alone: list[str]) -> tuple[dict[str, Any], str]:
     """Medians (min..max) over the runs of each row's figures, its ratios to seed, ignite and ember."""
     first = runs[0]
     loops: dict[str, Any] = {}
-    for name in first["loops"]:
+    for name in dict.fromkeys(name for run in runs for name in run["loops"]):
         series = [run["loops"][name] for run in runs if name in run["loops"]]
         loops[name] = {key: spread([s[key]["median"] for s in series])
                        for key in ("train_samples_per_s", "eval_samples_per_s", "epoch_s", "test_accuracy_pct")}
@@ -73,15 +83,16 @@ def _summarise(runs: list[dict[str, Any]], argv: list[str]) -> tuple[dict[str, A
             if peer in loops:
                 row[f"train_x_{peer}"] = (row["train_samples_per_s"]["median"]
                                           / loops[peer]["train_samples_per_s"]["median"])
-    data = {"command": "python -m benchmarks.throughput " + " ".join(argv), "repeats": len(runs),
+    data = {"command": "python -m benchmarks.throughput " + " ".join(argv), "rounds": len(runs),
             "device_name": first["device_name"], "torch": first["torch"], "train_samples": first["train_samples"],
             "test_samples": first["test_samples"], "batch_size": first["batch_size"], "epochs": first["epochs"],
             "warmup_epochs": first["warmup_epochs"], "loops": loops, "skipped": first["skipped"],
             "runs": runs}
-    lines = [f"`{data['command']}`, called {len(runs)} time(s) (one interleaved repeat of every row each); "
-             f"{first['train_samples']} training and {first['test_samples']} test samples, batch "
+    lines = [f"`{data['command']}`: {len(runs)} round(s) of one repeat of every row (in a call of its own after "
+             f"the others: {', '.join(alone) or 'none'}); {first['train_samples']} training and "
+             f"{first['test_samples']} test samples, batch "
              f"{first['batch_size']}, {first['epochs']} epoch(s) per run of which {first['warmup_epochs']} untimed "
-             f"(warm-up: graph capture, compilation); medians (min..max) over the calls; {first['device_name']}.",
+             f"(warm-up: graph capture, compilation); medians (min..max) over the rounds; {first['device_name']}.",
              "", "| loop | train samples/s | eval samples/s | epoch (s) | test acc. (%) | × seed | × ignite | "
              "× ember |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in loops.items():
