@@ -93,7 +93,11 @@ class Runner:
                 self.finish(BY_NAME[pending.pop(0)], "skipped: out of the time budget (--budget-s)", 0.0)
                 continue
             group = pending if self.dry else pending[:1]
-            done = self.worker(group)
+            try:
+                done = self.worker(group)
+            except Interrupted as why:  # between two polls of the worker: its part is marked when it comes up
+                self.interrupted = str(why)
+                continue
             pending = [n for n in pending if n not in done]
             if "setup" in done and not self.dry and self.no_cuda():
                 for name in pending:
@@ -191,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = args.budget_s if args.budget_s is not None else (None if args.cpu_dry_run else BUDGET_S)
     start = time.monotonic()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     runner = Runner(out, args.cpu_dry_run, budget)
-    runner.run(args.names)
+    try:
+        runner.run(args.names)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     path = write_report(out, args.names, dry=args.cpu_dry_run, seconds=time.monotonic() - start,
                         command=" ".join(["benchmarks/gpu_check.sh", *(sys.argv[1:] if argv is None else argv)]))
     print(path)
