@@ -101,7 +101,7 @@ def _restart_store() -> dict[str, Any]:
     addresses among them) carry no attempt of their own: a restarted rank may read an address its peer
     published before the restart and fail to connect. A prefix per restart keeps each attempt's keys apart.
     """
-    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+    if elastic_restart_count() == 0:
         return {}
     store, rank_, world = next(dist.rendezvous("env://"))
     prefixed = dist.PrefixStore(f"ember/attempt_{elastic_restart_count()}/", store)

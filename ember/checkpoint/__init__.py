@@ -2,5 +2,6 @@
 
 `format` (the file, its errors and its integrity check), `folder` (naming, finding, writing and keeping
 files), `safety` (the weights_only probe before a file gets its name), `finite` (NaN/Inf checks of weights),
-`restore` (loading all or nothing) and `handler_states` (the state of the engine's stateful handlers).
+`restore` (loading all or nothing), `handler_states` (the state of the engine's stateful handlers) and `sharded`
+(checkpoint folders written by every rank through torch.distributed.checkpoint, committed by a manifest).
 """

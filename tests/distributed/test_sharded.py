@@ -11,6 +11,7 @@ Marked `multiprocess_long` (about 20 launches of 1 to 4 processes): `make test` 
   elastic         torchrun --max-restarts=1, rank 1 SIGKILLed after iteration 9 on the first start, no folder given
   slurm           2 processes started as srun would (SLURM_* variables, no torchrun); SIGUSR1 to rank 1
   two_nodes       2 torchrun "nodes" (--nnodes=2 --nproc-per-node=1, c10d rendezvous) sharing one checkpoint folder
+  bf16            FSDP2 with bf16 mixed precision (float32 reductions and weights)
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     slurm.cmds = slurm.cmds * 2
     slurm.envs = [_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r), SLURM_JOB_NODELIST="localhost",
                        SLURM_TASKS_PER_NODE="2", MASTER_PORT=str(port)) for r in range(2)]
-    launch([killed, elastic, slurm])
+    bf16 = planned(tmp, "bf16", 2, 8, "--bf16")
+    launch([killed, elastic, slurm, bf16])
     after_kill = planned(tmp, "after_kill", 2, 8, "--resume", ckpt=killed.out / "ckpt")
     port = free_port()
     node = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes"]
@@ -148,7 +150,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     two_nodes.envs = two_nodes.envs * 2
     launch([after_kill, two_nodes])
     return {r.name: r for r in (ddp, fsdp, cut, one_cut, resumed, two_to_one, two_to_four, one_to_two, killed,
-                                after_kill, elastic, slurm, two_nodes)}
+                                after_kill, elastic, slurm, two_nodes, bf16)}
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
@@ -220,5 +222,15 @@ def test_two_nodes_rendezvous_and_checkpoint_to_shared_storage(runs: dict[str, R
     two = runs["two_nodes"]
     result = two.check()
     assert result["world_size"] == 2 and result["iteration"] == 18
-    assert (two.out / "ckpt" / "checkpoint_000000018.dcp" / "manifest.pt").exists()
+    manifest = torch.load(two.out / "ckpt" / "checkpoint_000000018.dcp" / "manifest.pt", weights_only=True)
+    assert manifest["mesh"] == [2, 1]  # one process per node: hybrid, replicated across the nodes
     assert_same(two.state(), runs["fsdp"].state(), atol=1e-5)
+
+
+def test_bf16_mixed_precision_trains_close_to_float32_with_float32_weights(runs: dict[str, Run]) -> None:
+    bf16, fp32 = runs["bf16"].state(), runs["fsdp"].state()
+    model_keys = [k for k in fp32 if k.startswith("model.")]
+    differ = max((bf16[k] - fp32[k]).abs().max().item() for k in model_keys)
+    assert 0 < differ < 0.05, differ  # bf16 compute moves the weights a little, not a lot
+    bf16_tensor = torch.tensor(runs["bf16"].result["state"]["model.0.weight"], dtype=torch.float32)
+    assert not torch.equal(bf16_tensor, bf16_tensor.bfloat16().float())  # the weights themselves stay float32
