@@ -145,9 +145,9 @@ def measure(procs: list[int], params: float, layers: int, repeats: int, timeout:
             figures[n][variant]["bytes"] = results[0]["bytes"]
             figures[n][variant]["params"] = results[0]["params"]
         single, shard = figures[n]["single"], figures[n]["sharded"]
-        figures[n]["ratio_sharded_over_single"] = {
-            key: shard[key]["median"] / single[key]["median"] if single[key]["median"] else None
-            for key in ("save_s", "load_s", "save_extra_mb", "load_extra_mb")}
+        figures[n]["ratio_sharded_over_single"] = {  # none where the single file needs under 1 MiB more
+            key: shard[key]["median"] / single[key]["median"] if single[key]["median"] >= (1 if "mb" in key else 0)
+            else None for key in ("save_s", "load_s", "save_extra_mb", "load_extra_mb")}
     return {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
             "date": time.strftime("%Y-%m-%d"), "params": params, "layers": layers, "repeats": repeats,
             "procs": procs, "figures": figures}
