@@ -1,7 +1,7 @@
 """Sharded checkpoint folders (ember.checkpoint.sharded) in one process: layout, manifest, verification and
 fallback, retention and best-k on folders, exact resume, and DCP's metadata unpickled without code.
 
-The multi-process cases (FSDP2, resharding, kills, elastic restarts) are in tests/distributed/test_sharded.py.
+The multi-process cases (FSDP2, resharding, kills, elastic restarts) are in tests/distributed/test_fsdp.py.
 """
 
 from __future__ import annotations
