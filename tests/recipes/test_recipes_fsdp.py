@@ -21,7 +21,7 @@ pytestmark = pytest.mark.multiprocess_long
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
     root = tmp_path_factory.mktemp("fsdp_recipes")
-    write_fashion_mnist(root / "fashion", n_train=128, n_test=32)
+    write_fashion_mnist(root / "fashion", n_train=256, n_test=32)  # the speed run's OneCycleLR needs > 4 steps
     write_mnist(root / "mnist", n_train=128, n_test=32)
     write_cifar10(root / "cifar", n_train=250, n_test=50)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "EMBER_DATA")}
