@@ -29,7 +29,7 @@ class HostSnapshot:
     """Copies of nested states in host memory, into buffers reused from one snapshot to the next.
 
     A buffer is reused for the tensor found at the same place of the payload with the same shape and dtype;
-    buffers no longer used are freed. The same tensor found twice (tied weights) is copied once. Tensors of
+    buffers no longer used are freed. The same memory found twice (tied weights) is copied once. Tensors of
     another layout (sparse) or of a tensor subclass are copied without reuse.
     """
 
@@ -60,10 +60,10 @@ class HostSnapshot:
 
     def _copy(self, obj: Any, path: Path, used: dict[Path, torch.Tensor], seen: dict[int, Any]) -> Any:
         if isinstance(obj, torch.Tensor):
-            if id(obj) in seen:
-                return seen[id(obj)]
-            seen[id(obj)] = out = self._tensor(obj, path, used)
-            return out
+            same = (obj.device, obj.dtype, obj.data_ptr(), obj.shape, obj.stride()) if obj.data_ptr() else id(obj)
+            if same not in seen:  # a state_dict detaches each entry: tied weights are two views of one memory
+                seen[same] = self._tensor(obj, path, used)
+            return seen[same]
         if isinstance(obj, dict):
             out = copy.copy(obj)  # keeps the type and attributes (a state_dict's `_metadata`)
             if hasattr(out, "__dict__"):
