@@ -140,6 +140,7 @@ class Checkpoint:
         self.async_save = async_save
         self._writer = AsyncWriter() if async_save else None
         self._snapshot = HostSnapshot()
+        self._memory_reported = False
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -235,9 +236,9 @@ class Checkpoint:
 
     def _submit(self, payload: dict[str, Any], write: Callable[[dict[str, Any]], str]) -> None:
         """Copy `payload` into the host snapshot and hand it to the background writer."""
-        first = not self._snapshot.nbytes
         snapshot = self._snapshot.take(payload)
-        if first:
+        if not self._memory_reported:
+            self._memory_reported = True
             pinned = " (pinned)" if self._snapshot.pinned else ""
             print(f"Checkpoint: asynchronous saves hold a snapshot of {self._snapshot.nbytes / 2**20:,.1f} MiB in "
                   f"host memory{pinned}, reused by every save", file=sys.stderr, flush=True)
@@ -250,7 +251,8 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ saving
     def save(self, engine: Engine | None = None, *, barrier: bool = True) -> str | None:
-        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written.
+        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written
+        (always None with async_save: the write is under way; `wait()` returns the path once it is written).
 
         With an Evaluate attached, best files are made after its evaluations instead (see the class doc)."""
         engine = engine if engine is not None else self.engine
