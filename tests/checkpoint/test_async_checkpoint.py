@@ -111,10 +111,9 @@ def test_the_file_holds_the_state_of_the_iteration_the_save_was_asked_for(tmp_pa
 
     mutate_everything.order = LAST  # after the Checkpoint's save of the same event
     trainer.add_event_handler(Events.ITERATION_COMPLETED, mutate_everything)
-    release = threading.Timer(0.3, gate.set)  # training runs on meanwhile (iterations 4, 5 at least)
-    release.start()
+    # training runs on (iterations 4 and 5) while the save of iteration 3 is held
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda: gate.set())
     trainer.run(loader, max_epochs=1)  # 6 iterations: saves at 3 and 6
-    release.join()
 
     saved = load_payload(tmp_path / "checkpoint_000000003.pt")
     assert saved["step"] == 3 and saved["objects"]["trainer"]["iteration"] == 3
@@ -140,13 +139,14 @@ def test_one_save_in_flight_the_next_waits_and_the_memory_is_reported_once(tmp_p
 
     record.order = LAST
     trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
-    threading.Timer(0.3, gate.set).start()
+    # the held write is let go 0.3 s after iteration 4 asks for the next save, which must wait for it
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda: threading.Timer(0.3, gate.set).start())
     trainer.run(loader, max_epochs=1)
     # iteration 2's save is held: iterations 2 and 3 run with it in flight and nothing on disk yet; the save of
     # iteration 4 waits for it, so no second write ever overlaps the first
     assert events[1] == (2, True, []) and events[2] == (3, True, [])
     assert events[3][0] == 4 and events[3][2][:1] == ["checkpoint_000000002.pt"]
-    assert ckpt._writer.waited > 0.1, "the save of iteration 4 should have waited for the held one"
+    assert ckpt._writer.waited > 0.2, "the save of iteration 4 should have waited for the held one"
     assert checkpoint_files(tmp_path) == [f"checkpoint_{s:09d}.pt" for s in (2, 4, 6)]
     reports = [line for line in capsys.readouterr().err.splitlines() if "host memory" in line]
     assert len(reports) == 1 and "asynchronous saves hold a snapshot of" in reports[0], reports
