@@ -8,7 +8,7 @@ from benchmarks import checkpoint_stall
 
 def test_checkpoint_stall_figures_are_plausible(tmp_path, capsys):
     out = tmp_path / "stall.json"
-    assert checkpoint_stall.main(["--parameters", "2e5", "--repeats", "2", "--dir", str(tmp_path / "scratch"),
+    assert checkpoint_stall.main(["--parameters", "2e5", "--repeats", "1", "--dir", str(tmp_path / "scratch"),
                                   "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| sync |" in printed and "| async |" in printed and "async / sync stall" in printed
