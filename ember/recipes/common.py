@@ -65,6 +65,9 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        if args.strategy == "fsdp" and getattr(args, "async_checkpoint", False):
+            raise RecipeError("--async-checkpoint does not write sharded checkpoints (--strategy fsdp) yet: drop one "
+                              "of them")
         _place_run(recipe, args)
         seed_everything(args.seed)
         self.classes: list[str] | None = None
@@ -147,6 +150,7 @@ class RunContext:
                 resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER | {"batch_size"},
                 run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
@@ -186,6 +190,7 @@ class RunContext:
 
 # Flags about where things go and how a run is watched, not about the training itself.
 NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
+                         "async_checkpoint",
                          "resume", "run_id", "progress", "show_plan", "max_iterations", "log_every", "images",
                          "histograms", "graph"})
 
