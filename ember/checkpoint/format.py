@@ -184,6 +184,8 @@ def malformed(payload: dict[str, Any]) -> str | None:
         return f"its 'score' is {score!r}, not a number"
     if "rng" in payload and not isinstance(payload["rng"], dict):
         return f"its 'rng' is a {type(payload['rng']).__name__}, not a dict of generator states"
+    if not isinstance(payload.get("epoch_end_pending", False), bool):
+        return f"its 'epoch_end_pending' is {payload['epoch_end_pending']!r}, not True or False"
     ranks = payload.get("rng_ranks")
     if ranks is not None and not (isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)):
         return "its 'rng_ranks' is not a list of generator states"
@@ -193,6 +195,7 @@ def malformed(payload: dict[str, Any]) -> str | None:
 def make_payload(
     *, step: int, epoch: int, score: float | None, monitor: str | None, objects: dict[str, Any],
     rng: dict[str, Any] | None = None, rng_ranks: list[dict[str, Any]] | None = None,
+    epoch_end_pending: bool = False,
 ) -> dict[str, Any]:
     """The dict a checkpoint file holds, which `read` and `malformed` check.
 
@@ -204,6 +207,8 @@ def make_payload(
         objects: each saved object's state_dict, by name.
         rng: the process's generator states (`ember.utils.rng.get_rng_state`), when saved.
         rng_ranks: every rank's generator states under torchrun, when saved.
+        epoch_end_pending: saved at an epoch's last iteration before that epoch's end (its EPOCH_COMPLETED
+            handlers) ran: loading it has the trainer run that end first (`State.epoch_end_pending`).
     """
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -215,6 +220,7 @@ def make_payload(
         "saved_at": time.time(),
         "torch_version": str(torch.__version__),
         "objects": objects,
+        "epoch_end_pending": epoch_end_pending,
     }
     if rng is not None:
         payload["rng"] = rng

@@ -38,7 +38,9 @@ def load(
     different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
     the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
     are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
-    the file but not in `objects` are ignored (load just the model for inference). `Checkpoint.load`.
+    the file but not in `objects` are ignored (load just the model for inference). A file saved at an epoch's
+    last iteration before the epoch's end ran sets the trainer's `state.epoch_end_pending`, so its next run
+    goes through that end first. `Checkpoint.load`.
     """
     path = os.fspath(path)
     payload = read(path)
@@ -50,6 +52,9 @@ def load(
         raise CorruptCheckpointError(f"checkpoint file {path} cannot be resumed from: {bad}; nothing was changed. "
                                      "Load an earlier checkpoint")
     _apply(path, objects, states, strict)
+    trainer = objects.get("trainer")
+    if isinstance(trainer, Engine) and "trainer" in states:
+        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
