@@ -242,3 +242,40 @@ def test_cli_max_iterations_then_resume_twice_equals_a_straight_run(mnist_root, 
     code, out, err = lenet(mnist_root, folder, path, "--resume")
     assert code == 0 and "Nothing to do" in out and "already finished 2 epochs" in out, out + err
     assert {name: (folder / name).read_bytes() for name in checkpoint_files(folder)} == files
+
+
+def fit_run(folder: Path, *, resume: bool, **kwargs) -> dict:
+    """`ember.fit` of a Dropout MLP with an epoch-stepped scheduler and EpochEnds, over a seeded DataLoader."""
+    import ember
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8,
+                                         generator=torch.Generator().manual_seed(0))
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = create_trainer(model, optimizer, F.cross_entropy)
+    trainer.add(LRScheduler(torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)))
+    ends = trainer.add(EpochEnds())
+    result = ember.fit(trainer, loader, max_epochs=EPOCHS, objects={"model": model, "optimizer": optimizer},
+                       checkpoint_dir=folder, resume=resume, progress=False, **kwargs)
+    return {"result": result, "model": model, "optimizer": optimizer, "trainer": trainer, "ends": ends}
+
+
+@pytest.mark.parametrize("cut", [{"max_iterations": 6}, {"max_iterations": 8, "checkpoint_every": 6},
+                                 {"max_iterations": 18}],
+                         ids=["max-iterations-at-epoch-end", "checkpoint-every-at-epoch-end", "last-epoch-end"])
+def test_ember_fit_resumes_a_save_at_an_epochs_last_iteration_like_the_straight_run(tmp_path, cut):
+    straight = fit_run(tmp_path / "straight", resume=False)
+    assert straight["ends"].at == [6, 12, 18]
+    folder = tmp_path / "cut"
+    fit_run(folder, resume=False, **cut)
+    if "checkpoint_every" in cut:  # the run goes past 6: cut back to the file of iteration 6, as a kill would
+        (folder / "checkpoint_000000008.pt").unlink()
+        payload = load_payload(folder / "checkpoint_000000006.pt")
+        assert payload["epoch_end_pending"] is False  # written again after epoch 1's end
+    resumed = fit_run(folder, resume=True)
+    assert resumed["result"].finished and resumed["result"].exit_status == 0
+    for name in ("model", "optimizer", "trainer"):
+        assert_same(straight[name].state_dict(), resumed[name].state_dict(), name)
+    assert resumed["ends"].at == [6, 12, 18]
