@@ -32,7 +32,10 @@ _TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
     """One warning line for a checkpoint file that is passed over, saying why (without the error's advice)."""
     why = str(exc).replace(f"checkpoint file {path} ", "the file ", 1)
-    for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint"):
+    why = why.replace(f"cannot load {path}; nothing was changed:", "it does not fit what is loaded:", 1)
+    why = "; ".join(line.strip() for line in why.splitlines() if line.strip())  # one line
+    for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint",
+                   "; Pass strict=False to load only what matches."):
         why = why.removesuffix(advice)
     return f"skipping checkpoint {path}: {why}{then}"
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.checkpoint.finite import float_tensors, non_finite
+from ember.checkpoint.finite import float_tensors, non_finite, stored, tensors
 from ember.checkpoint.folder import candidates, skipping
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
 from ember.checkpoint.handler_states import HandlerStates
@@ -65,17 +65,18 @@ def resume_latest(
 ) -> str | None:
     """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
 
-    A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
-    NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
-    folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
-    `Checkpoint.resume_latest`.
+    One rule for every bad file: a newest file that cannot be loaded into `objects`, whatever the reason (a
+    failed checksum, a malformed or hostile structure, NaN/Inf weights, objects or optimizer groups that are
+    not these, a state an object refuses), is skipped with one warning naming it and its problem, for the one
+    before; nothing is changed by a file that is skipped. When the folder holds checkpoint files but none
+    can be loaded, CheckpointError lists each file and its problem. `Checkpoint.resume_latest`.
     """
     dirname = os.fspath(dirname)
     paths, problems = candidates(dirname, prefix)
     for path in paths:
         try:
             load(path, objects, strict=strict)
-        except CorruptCheckpointError as exc:
+        except CheckpointError as exc:
             warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
             problems.append(str(exc))
             continue
@@ -142,6 +143,16 @@ def _unusable(
         problem = rng_state_problem(_rng_of_this_rank(payload))
         if problem:
             return f"the random generator states are unusable: {problem}"
+    repeated = [
+        f"{key} ({t.numel():.3g} elements stored as {stored(t).numel()})"
+        for name, state in states.items()
+        if isinstance(objects[name], (nn.Module, torch.optim.Optimizer))
+        for key, t in tensors(state, name)
+        if stored(t).numel() < t.numel()
+    ]
+    if repeated:
+        return f"{listed(repeated)} are expanded views that repeat their stored values, which no model or " \
+            "optimizer state holds"
     bad_tensors = [
         key
         for name, state in states.items()
