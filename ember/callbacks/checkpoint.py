@@ -145,6 +145,8 @@ class Checkpoint:
         if dist.is_main():
             self.folder.make()
             self.folder.remove_stray_temp_files()
+            if engine.state.iteration and not self.folder.adopted:  # resumed: files a kill kept from eviction
+                self.folder.tidy(engine.state.iteration)
         scaler = getattr(engine, "scaler", None)
         if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
             self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
