@@ -131,6 +131,7 @@ class Checkpoint:
         self._epoch_end_began_at: int | None = None  # the iteration of the epoch end now running, if any
         self._ended_at: int | None = None  # the iteration whose epoch end (through this handler's order) ran
         self._written_score: tuple[int, float | None] | None = None  # (iteration, score) of the last file
+        self._before_end: dict[str, Any] | None = None  # the payload as the epoch end began (save_on_exception)
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -180,7 +181,15 @@ class Checkpoint:
             self._ended_at = engine.state.iteration
 
     def _epoch_end_began(self, engine: Engine) -> None:
-        self._epoch_end_began_at = engine.state.iteration
+        """Note that the epoch's end runs; with save_on_exception, take the state as it is before it (the
+        state_dicts: references to the tensors, copies of the counters, LRs and handler states), to save should
+        one of its handlers raise before this handler's turn."""
+        step = engine.state.iteration
+        self._epoch_end_began_at = step
+        self._before_end = None
+        if self.save_on_exception and self.keep_last != 0 and dist.is_main() and self._refusal(engine) is None \
+                and not (self._step == step and "regular" in self._step_kinds):
+            self._before_end = self._payload(engine, step, None, None, epoch_end_pending=True)
 
     _epoch_end_began.order = order_levels.FIRST  # type: ignore[attr-defined]
 
@@ -207,9 +216,22 @@ class Checkpoint:
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         step = engine.state.iteration
         if self._epoch_end_began_at == step and self._ended_at != step:
-            # Raised in the epoch's end before this handler's turn: some of its handlers ran, others did not,
-            # so no file could resume exactly; the one written at this iteration before the end (if any) can.
-            if not (self._step == step and "regular" in self._step_kinds):
+            # Raised in the epoch's end before this handler's turn: some of its handlers ran, others did not.
+            # The file written at this iteration before the end (if any), or the state taken as the end began,
+            # resumes exactly (through that end); the state now would not.
+            before, self._before_end = self._before_end, None
+            if before is not None:
+                try:
+                    self._step, self._step_kinds = step, {"regular"}
+                    self.folder.make()
+                    if not self.folder.adopted:
+                        self.folder.adopt(step)
+                    self.last_path = self.folder.write(before, [self.folder.regular_path(step)], regular=True,
+                                                       best=False)
+                except Exception as err:
+                    warnings.warn(f"could not save a checkpoint after {type(exc).__name__}: {err}", RuntimeWarning,
+                                  stacklevel=2)
+            elif not (self._step == step and "regular" in self._step_kinds):
                 warnings.warn(
                     f"Checkpoint: NOT saving after {type(exc).__name__}: it was raised during the end of epoch "
                     f"{engine.state.epoch}, after some of its handlers ran. The last checkpoint "
@@ -304,16 +326,20 @@ class Checkpoint:
             targets.append(folder.regular_path(step))
         if not targets:
             return None
-        payload = make_payload(
+        payload = self._payload(engine, step, score, rng_ranks, epoch_end_pending=self._pending_epoch_end(engine))
+        self.last_path = folder.write(payload, targets, regular="regular" in kinds, best=best)
+        self._written_score = (step, score)
+        return self.last_path
+
+    def _payload(self, engine: Engine, step: int, score: float | None, rng_ranks: list[dict[str, Any]] | None, *,
+                 epoch_end_pending: bool) -> dict[str, Any]:
+        return make_payload(
             step=step, epoch=engine.state.epoch, score=score,
             monitor=self.monitor if isinstance(self.monitor, str) else None,
             objects={name: self._state_of(obj) for name, obj in self.objects.items()},
             rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
-            epoch_end_pending=self._pending_epoch_end(engine),
+            epoch_end_pending=epoch_end_pending,
         )
-        self.last_path = folder.write(payload, targets, regular="regular" in kinds, best=best)
-        self._written_score = (step, score)
-        return self.last_path
 
     def _refusal(self, engine: Engine) -> str | None:
         """Why this state must not be saved (a non-finite loss or weights), or None."""

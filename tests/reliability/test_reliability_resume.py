@@ -115,11 +115,13 @@ def straight_run(root: Path, path: str):
     return _straight[path]
 
 
-def run_until(root: Path, path: str, folder: Path, stop_at: int | None, *, raise_at_epoch_end: bool = False) -> dict:
+def run_until(root: Path, path: str, folder: Path, stop_at: int | None, *, raise_at_epoch_end: bool = False,
+              saved_there: bool = True) -> dict:
     """Resume from folder (if it has a checkpoint), run, terminate after iteration stop_at (None: run to the
     end); COMPLETED saves.
-    With `raise_at_epoch_end`, stop_at is an epoch's last iteration, saved by `every_iterations`, and a handler
-    raises in that epoch's end after the scheduler stepped."""
+    With `raise_at_epoch_end`, stop_at is an epoch's last iteration, saved by `every_iterations` (unless not
+    `saved_there`: then only by save_on_exception), and a handler raises in that epoch's end after the
+    scheduler stepped."""
     objects, loader, seen = build(root, path)
     if Checkpoint.latest(folder) is not None:
         scramble_rngs()  # a new process would start from other RNG states: only the checkpoint may fix them
@@ -127,7 +129,8 @@ def run_until(root: Path, path: str, folder: Path, stop_at: int | None, *, raise
     start = objects["trainer"].state.iteration
     trainer = objects["trainer"]
     if raise_at_epoch_end:
-        trainer.add(Checkpoint(objects, folder, every_iterations=stop_at, save_on_exception=True))
+        trainer.add(Checkpoint(objects, folder, every_iterations=stop_at if saved_there else None,
+                               every_epochs=None, save_on_exception=True))
 
         def fail(engine):
             raise Raised("a handler failed in the epoch's end")
@@ -167,9 +170,13 @@ def test_stop_and_resume_equals_a_straight_run(mnist_root, tmp_path, path, stops
 
 
 @pytest.mark.parametrize("path", ["fast", "dataloader"])
-def test_a_handler_raising_in_the_epoch_end_after_the_save_resumes_through_that_end(mnist_root, tmp_path, path):
+@pytest.mark.parametrize("saved_there", [True, False], ids=["saved-at-the-iteration", "saved-on-exception"])
+def test_a_handler_raising_in_the_epoch_end_after_the_save_resumes_through_that_end(mnist_root, tmp_path, path,
+                                                                                     saved_there):
+    """The file is the one saved at the epoch's last iteration, or (save_on_exception) the state as the epoch
+    end began, not the state half-way through it (the scheduler had stepped when the handler raised)."""
     straight, straight_seen = straight_run(mnist_root, path)
-    run_until(mnist_root, path, tmp_path, 6, raise_at_epoch_end=True)
+    run_until(mnist_root, path, tmp_path, 6, raise_at_epoch_end=True, saved_there=saved_there)
     saved = load_payload(tmp_path / "checkpoint_000000006.pt")
     assert saved["epoch_end_pending"] is True and saved["step"] == 6
     run = run_until(mnist_root, path, tmp_path, None)
