@@ -197,7 +197,7 @@ class Checkpoint:
     # trainer run that end first. When the end then runs here, the file is written again with it.
     def _on_started(self, engine: Engine) -> None:
         self._started = True
-        if not engine.state.epoch_end_pending:  # a fresh run, or one resumed after its epoch end
+        if not getattr(engine.state, "epoch_end_pending", False):  # a fresh run, or one resumed after its epoch end
             self._ended_at = engine.state.iteration
 
     def _epoch_end_began(self, engine: Engine) -> None:

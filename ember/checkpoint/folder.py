@@ -33,7 +33,7 @@ def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
     """One warning line for a checkpoint file that is passed over, saying why (without the error's advice)."""
     why = str(exc).replace(f"checkpoint file {path} ", "the file ", 1)
     why = why.replace(f"cannot load {path}; nothing was changed:", "it does not fit what is loaded:", 1)
-    why = "; ".join(line.strip() for line in why.splitlines() if line.strip())  # one line
+    why = "; ".join(line.strip() for line in why.splitlines() if line.strip()).replace(":; ", ": ")  # one line
     for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint",
                    "; Pass strict=False to load only what matches."):
         why = why.removesuffix(advice)
