@@ -117,9 +117,9 @@ def test_a_torn_save_leaves_only_a_temp_folder_which_the_next_start_removes(tmp_
 
 def test_keep_last_and_keep_best_work_on_folders(tmp_path: Path) -> None:
     model, optimizer, trainer = build()
-    scores = iter([5.0, 1.0, 4.0, 3.0, 2.0, 0.5])
+    scores = dict(enumerate([5.0, 1.0, 4.0, 3.0, 2.0, 0.5], start=1))  # by iteration
     saver = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=1, keep_last=2,
-                       monitor=lambda e: next(scores), keep_best=2, sharded=True)
+                       monitor=lambda e: scores[e.state.iteration], keep_best=2, sharded=True)
     trainer.add(saver)
     trainer.run(DATA, max_epochs=1)
     names = checkpoints(tmp_path)
