@@ -61,11 +61,11 @@ class Checkpoint:
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
     `keep_last=None` keeps every file. With `save_handlers=True` the state of every stateful handler attached to
     the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
-    saved as "handlers" and restored on resume (`HandlerStates`). Its `order` runs it after the handlers of the
+    saved as "handlers" and restored on resume (`HandlerStates`). Its `ember_order` runs it after the handlers of the
     same event that compute what it saves or monitors, whenever they were attached.
     """
 
-    order = order_levels.CHECKPOINT
+    ember_order = order_levels.CHECKPOINT
 
     def __init__(
         self,

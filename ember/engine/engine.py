@@ -20,6 +20,7 @@ from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSing
 from ignite.engine.events import Events, EventsList, RemovableEventHandle, State
 from ignite.engine.utils import _to_hours_mins_secs
 
+from ember.engine import order as order_levels
 from ember.engine import plan, resumable
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
 from ember.engine.errors import note_step_failure
@@ -59,7 +60,9 @@ class Engine(IgniteEngine):
 
     A drop-in `ignite.engine.Engine`: same events, order, counters, filters, handles, state and state_dict.
     Differences: resuming mid-epoch from a state_dict skips the batches already seen (Ignite replays the
-    epoch from its first batch), and ember's own exception observers never swallow an exception.
+    epoch from its first batch), ember's own exception observers never swallow an exception, and `run()` after
+    a run that raised inside an epoch finishes that epoch (see `_internal_run_as_gen`; Ignite's returns without
+    running, and its next `run()` counts the rest of the epoch as a new one).
     """
 
     should_terminate = _flag("should_terminate")
@@ -69,6 +72,8 @@ class Engine(IgniteEngine):
     def __init__(self, process_function: ProcessFunction) -> None:
         self._attn = True
         self._dispatch: tuple | None = None
+        self._raised_in: tuple[int, int, bool] | None = None  # (epoch, iteration, in the step) of a failed run
+        self._step_raised_at: int | None = None  # the iteration whose step raised, in this run
         super().__init__(process_function)
         self.state: EmberState = EmberState()  # the one place an Engine creates its run's state
 
@@ -100,17 +105,21 @@ class Engine(IgniteEngine):
             )
 
     def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
-        """Ignite's `add_event_handler`, with the handler placed by its declared `order` (see `ember.engine.order`):
-        after every handler of the event with a lower or equal order, so ties keep attachment order."""
+        """Ignite's `add_event_handler`, with the handler placed by its declared `ember_order` (see
+        `ember.engine.order`): after every handler of the event with a lower or equal order, so ties keep
+        attachment order."""
         handle = super().add_event_handler(event_name, handler, *args, **kwargs)
         if not isinstance(event_name, EventsList):
             place_last_entry(self._event_handlers[event_name])
         return handle
 
     def add(self, callback: Any, order: int | None = None) -> Any:
-        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers."""
+        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers.
+
+        `order` is stored as the callback's `ember_order` attribute (any `order` attribute of its own is left alone).
+        """
         if order is not None:
-            callback.order = order
+            setattr(callback, order_levels.ATTRIBUTE, order)
         callback.attach(self)
         return callback
 
@@ -153,6 +162,7 @@ class Engine(IgniteEngine):
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Ignite's load_state_dict; also restores `seed`, and the next run resumes at the saved iteration."""
         super().load_state_dict(state_dict)
+        self._raised_in = None  # the loaded counters replace those of a run that raised
         if "seed" in state_dict:
             self.state.seed = state_dict["seed"]
 
@@ -215,8 +225,25 @@ class Engine(IgniteEngine):
         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
             self._attn = True
 
+    def _resume_raised_epoch(self) -> None:
+        """After a run that raised inside an epoch, go back into that epoch instead of starting the next one.
+
+        The loop adds 1 to `state.epoch` before each epoch, so the epoch the run raised in is counted back, and
+        the batches it completed are skipped (`_setup_engine`). When the step itself raised, its iteration is
+        counted back too, so that batch runs again; when a handler raised, the batch is not run twice. Only when
+        the counters are still those the run raised at: a new state or a loaded state_dict starts as Ignite's.
+        """
+        raised, self._raised_in = self._raised_in, None
+        if raised is None or (self.state.epoch, self.state.iteration) != raised[:2]:
+            return
+        self.state.epoch -= 1
+        if raised[2]:
+            self.state.iteration -= 1
+
     def _internal_run_as_gen(self) -> Generator[Any, None, State]:
         self.should_terminate = self.should_terminate_single_epoch = self.should_interrupt = False
+        self._resume_raised_epoch()
+        self._step_raised_at, in_epoch = None, False
         self._init_timers(self.state)
         start_time = time.time()
         try:
@@ -225,6 +252,7 @@ class Engine(IgniteEngine):
                 yield from self._maybe_terminate_or_interrupt()
                 while not self._is_done(self.state) and not self.should_terminate:
                     self.state.epoch += 1
+                    in_epoch = True
                     handlers_start_time = time.time()
                     self._fire_event(Events.EPOCH_STARTED)
                     epoch_time_taken = time.time() - handlers_start_time
@@ -232,6 +260,7 @@ class Engine(IgniteEngine):
                     if self._dataloader_iter is None:
                         self._setup_engine()
                     epoch_time_taken += yield from self._run_once_on_dataset_as_gen()
+                    in_epoch = False  # its iterations are done: a rerun after EPOCH_COMPLETED raised goes on
                     self.state.times[Events.EPOCH_COMPLETED.name] = epoch_time_taken
                     if self.should_terminate_single_epoch != "skip_epoch_completed":
                         handlers_start_time = time.time()
@@ -246,6 +275,7 @@ class Engine(IgniteEngine):
                         f"Epoch[{self.state.epoch}] Complete. Time taken: {hours:02d}:{mins:02d}:{secs:06.3f}"
                     )
             except _EngineTerminateException:
+                in_epoch = False  # a terminated epoch is over, as on Ignite: a rerun starts the next one
                 self._fire_event(Events.TERMINATE)
             except _EngineTerminateSingleEpochException:
                 raise RuntimeError(
@@ -264,6 +294,9 @@ class Engine(IgniteEngine):
         except BaseException as e:
             self._dataloader_iter = None
             self._dispatch = None
+            if in_epoch:
+                step = self._step_raised_at == self.state.iteration
+                self._raised_in = (self.state.epoch, self.state.iteration, step)
             self.logger.error(f"Engine run is terminating due to exception: {e}")
             self._handle_exception(e)
         self._dataloader_iter = None
@@ -330,6 +363,7 @@ class Engine(IgniteEngine):
                     state.output = process(self, state.batch)
                 except Exception as exc:
                     note_step_failure(exc, state.epoch, state.iteration, state.batch)
+                    self._step_raised_at = state.iteration
                     raise
                 if it_completed is not None:
                     it_completed(state)
