@@ -283,3 +283,61 @@ def test_a_new_state_after_an_exception_starts_from_zero():
     again.load_state_dict({"iteration": 5, "epoch_length": 5, "max_epochs": 2})
     state = again.run(list(range(5)))
     assert (state.epoch, state.iteration) == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["GET_BATCH_STARTED", "GET_BATCH_COMPLETED", "ITERATION_STARTED",
+                                  "ITERATION_COMPLETED", "EPOCH_COMPLETED", "STARTED"])
+def test_a_handler_added_while_its_event_fires_runs_in_that_firing(name):
+    """As on Ignite: a handler that a handler of the same event adds runs in that same firing (after the others),
+    and one it adds in turn too; filtered ones keep their filter."""
+
+    def program(E, Ev, log):
+        event = getattr(Ev, name)
+        engine = E(lambda e, b: b)
+        tag = lambda label: lambda e: log.append((label, e.state.epoch, e.state.iteration))  # noqa: E731
+
+        def nested(e):
+            log.append(("nested", e.state.epoch, e.state.iteration))
+            if not any(entry[0] == "deeper" for entry in log):
+                e.add_event_handler(event, tag("deeper"))
+
+        def adder(e):
+            log.append(("adder", e.state.epoch, e.state.iteration))
+            if not any(entry[0] == "nested" for entry in log):
+                e.add_event_handler(event, nested)
+                e.add_event_handler(event(every=2), tag("every2"))
+
+        engine.add_event_handler(event, adder)
+        engine.add_event_handler(event, tag("after"))
+        engine.run([0, 1, 2, 3], max_epochs=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    labels = [entry[0] for entry in ours]
+    assert labels[:3] == ["adder", "after", "nested"]  # one firing: the adder's handlers, then what it added
+    assert "deeper" in labels[3:5] and "every2" in labels
+
+
+def test_a_handler_placed_before_the_running_one_runs_once_in_that_firing():
+    """ember places a handler with a lower `ember_order` before the running one; it runs in the same firing and the
+    running handler does not run twice (a position-based walk of the list, like Ignite's, would run it again)."""
+    from ember.engine.order import ordered
+
+    calls: list[str] = []
+    engine = Engine(lambda e, b: None)
+
+    @ordered(-5)
+    def early(e):
+        calls.append("early")
+
+    def adder(e):
+        calls.append("adder")
+        if "early" not in calls:
+            e.add_event_handler(e.last_event_name, early)
+
+    for event in (Events.EPOCH_COMPLETED, Events.ITERATION_COMPLETED):
+        calls.clear()
+        engine = Engine(lambda e, b: None)
+        engine.add_event_handler(event, adder)
+        engine.run([0], max_epochs=2)
+        assert calls == ["adder", "early", "early", "adder"]
