@@ -280,7 +280,7 @@ class Engine(IgniteEngine):
         the counters are still those the run raised at: a new state or a loaded state_dict starts as Ignite's.
         """
         raised, self._raised_in = self._raised_in, None
-        if raised is None or (self.state.epoch, self.state.iteration) != raised[:2]:
+        if raised is None or (self.state.epoch, self.state.iteration) != raised[:2] or self.state.epoch < 1:
             return
         self.state.epoch -= 1
         if raised[2]:
@@ -340,7 +340,7 @@ class Engine(IgniteEngine):
         except BaseException as e:
             self._dataloader_iter = None
             self._dispatch = self._compiled = None
-            if in_epoch:
+            if in_epoch and not isinstance(e, GeneratorExit):  # GeneratorExit: an interrupted run was dropped
                 step = self._step_raised_at == self.state.iteration
                 self._raised_in = (self.state.epoch, self.state.iteration, step)
             self.logger.error(f"Engine run is terminating due to exception: {e}")

@@ -341,3 +341,18 @@ def test_a_handler_placed_before_the_running_one_runs_once_in_that_firing():
         engine.add_event_handler(event, adder)
         engine.run([0], max_epochs=2)
         assert calls == ["adder", "early", "early", "adder"]
+
+
+def test_an_interrupted_run_dropped_for_a_new_state_does_not_count_as_a_failed_one():
+    """Ignite's own test_engine_interrupt_restart: the dropped generator gets GeneratorExit, which is no failure."""
+
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=6), lambda e: e.interrupt())
+        engine.run(list(range(4)), max_epochs=3)
+        engine.state.max_epochs = None
+        state = engine.run(list(range(4)), max_epochs=2)
+        log.append(("end", state.epoch, state.iteration))
+
+    ours, theirs = both(program)
+    assert ours == theirs and ours[-1] == ("end", 2, 6)
