@@ -161,6 +161,7 @@ def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: ar
         args.checkpoint_dir = latest_run_dir(root)
         if args.checkpoint_dir is None:
             print(f"No earlier run of {recipe.name} in {root}: starting a new run.")
+            args.resume = False  # said once: nothing for fit to look for
             return
     saved = saved_run(args.checkpoint_dir)
     if saved is None:
