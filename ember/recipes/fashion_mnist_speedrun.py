@@ -22,6 +22,7 @@ from torch import nn
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
 from ember.engine import Engine, Events
 from ember.recipes.common import RunContext
+from ember.recipes.precision import native_bf16
 from ember.recipes.recipe import Recipe
 from ember.run import finished
 
@@ -50,14 +51,6 @@ class SpeedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
