@@ -76,7 +76,7 @@ class ProgressBar:
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
 
-    order = order_levels.PROGRESS
+    ember_order = order_levels.PROGRESS
     NARROW = 100
     NARROWEST = 80
 

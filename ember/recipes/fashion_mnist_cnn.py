@@ -63,7 +63,7 @@ class EpochTotals:
     what the straight run prints.
     """
 
-    order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
+    ember_order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
 
     def __init__(self) -> None:
         self.total_loss: Any = 0.0
