@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.flags import GLOBAL_BATCH
+from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import MAY_DIFFER, RunError, fit
 from ember.run.folder import place_run
@@ -68,6 +70,9 @@ class RunContext:
         if args.strategy == "fsdp" and getattr(args, "async_checkpoint", False):
             raise RecipeError("--async-checkpoint does not write sharded checkpoints (--strategy fsdp) yet: drop one "
                               "of them")
+        slow = slow_amp_warning(args.amp, self.device)
+        if slow and dist.is_main():
+            print(slow, file=sys.stderr)
         _place_run(recipe, args)
         seed_everything(args.seed)
         self.classes: list[str] | None = None
