@@ -2,6 +2,7 @@
 
 `format` (the file, its errors and its integrity check), `folder` (naming, finding, writing and keeping
 files), `safety` (the weights_only probe before a file gets its name), `finite` (NaN/Inf checks of weights),
-`restore` (loading all or nothing), `handler_states` (the state of the engine's stateful handlers) and
-`async_writer` (the host snapshot and the background writer of `Checkpoint(async_save=True)`).
+`restore` (loading all or nothing), `handler_states` (the state of the engine's stateful handlers),
+`async_writer` (the host snapshot and the background writer of `Checkpoint(async_save=True)`) and `sharded`
+(checkpoint folders written by every rank through torch.distributed.checkpoint, committed by a manifest).
 """

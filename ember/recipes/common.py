@@ -25,9 +25,11 @@ from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
+from ember.recipes.flags import GLOBAL_BATCH
 from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunError, fit, make_run_dir
+from ember.run import MAY_DIFFER, RunError, fit
+from ember.run.folder import place_run
 from ember.steps import create_evaluator, create_trainer
 
 __all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
@@ -65,6 +67,9 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        if args.strategy == "fsdp" and getattr(args, "async_checkpoint", False):
+            raise RecipeError("--async-checkpoint does not write sharded checkpoints (--strategy fsdp) yet: drop one "
+                              "of them")
         slow = slow_amp_warning(args.amp, self.device)
         if slow and dist.is_main():
             print(slow, file=sys.stderr)
@@ -99,11 +104,15 @@ class RunContext:
 
     def model(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
         """Move the model to the device (in channels-last format with --channels-last) and wrap it for DDP
-        when distributed; the memory format comes first, so DDP's gradient buckets match it."""
+        or FSDP2 (--strategy) when distributed; the memory format comes first, so DDP's gradient buckets match
+        it. FSDP2 shards only contiguous parameters, so under it the weights keep their format (the batches
+        are still channels-last)."""
         model = model.to(self.device)
-        if self.args.channels_last if channels_last is None else channels_last:
+        sharding = self.args.strategy == "fsdp" and dist.world_size() > 1
+        if (self.args.channels_last if channels_last is None else channels_last) and not sharding:
             model = model.to(memory_format=torch.channels_last)
-        return dist.wrap_model(model, self.device)
+        return dist.wrap_model(model, self.device, strategy=self.args.strategy,
+                               mixed_precision=self.args.fsdp_precision)
 
     def trainer(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, **kwargs: Any) -> Engine:
         """`create_trainer` with the recipe's device, --amp, --compile, --cuda-graph and --channels-last.
@@ -143,12 +152,14 @@ class RunContext:
         try:
             result = fit(
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
-                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
+                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER | {"batch_size"},
+                run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
+                sharded=args.strategy == "fsdp",
             )
         except RunError as exc:
             if exc.setting == "tensorboard":
@@ -158,9 +169,11 @@ class RunContext:
         return result.exit_status
 
     def config(self) -> dict[str, Any]:
-        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints."""
+        """Every flag of this run (recipe-specific ones included), the recipe's name and the global batch (what
+        must match on resume; the batch per process may change with the number of processes), for its checkpoints."""
         skip = {"resume", "run_id"}
-        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip}}
+        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip},
+                GLOBAL_BATCH: self.args.batch_size * dist.world_size()}
 
     def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
         """The TensorBoard logger of this run, as the TensorBoard flags say."""
@@ -200,8 +213,7 @@ def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
     """A new run's own folders (made by rank 0, the same on every rank), unless the flags name them."""
     if args.checkpoint_dir is None:
         root = os.path.join("checkpoints", recipe.name)
-        args.checkpoint_dir, args.run_id = make_run_dir(root) if dist.is_main() else (None, None)
-        args.checkpoint_dir, args.run_id = dist.broadcast_object((args.checkpoint_dir, args.run_id))
+        args.checkpoint_dir, args.run_id = place_run(root)
     if args.run_id is None:
         args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
     if args.logdir is None:

@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any
 
+from ember import distributed as dist
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import MAY_DIFFER, latest_run_dir, saved_run
 
@@ -78,6 +79,11 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--seed", type=_seed, default=recipe.seed, help="random seed (model init, shuffling)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp replicates the model on every process; fsdp shards parameters, "
+                        "gradients and optimizer state over them (FSDP2), with sharded checkpoint folders")
+    p.add_argument("--fsdp-precision", choices=["bf16"], default=None,
+                   help="with --strategy fsdp: compute in bf16, reduce gradients in fp32 (fp32 master weights)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (else $EMBER_DATA)")
     p.add_argument("--data-path", choices=["fast", "dataloader"], default="fast",
                    help="fast: whole dataset on the device, batched there; dataloader: the seed's DataLoader")
@@ -121,6 +127,7 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
 
 
 _UNSET = object()
+GLOBAL_BATCH = "global_batch_size"  # saved in a run's config: --batch-size times the number of processes
 # Flags a resumed run does not take from its checkpoints: they describe this invocation, not the run.
 _NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "show_plan", "max_iterations",
                           "device"})
@@ -189,12 +196,28 @@ def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: ar
             continue
         if key not in explicit:
             current[key] = old
+        elif key == "batch_size" and GLOBAL_BATCH in config:
+            continue  # checked below against the global batch: the batch per process follows the processes
         elif key not in MAY_DIFFER and _plain_value(current[key]) != old:
             flag = flag_of(parser, key)
             raise RecipeError(f"{_shown(flag, current[key])} differs from the run being resumed "
                               f"({args.checkpoint_dir}), which has {_shown(flag, old)}; drop {flag} to keep the "
                               "run's value, or start a new run without --resume")
+    _check_global_batch(args, config)
     args.run_id = saved["run_id"]
+
+
+def _check_global_batch(args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """With another number of processes the run continues where it stopped only with the same global batch
+    (the same iterations per epoch); refuse any other in one line saying which --batch-size would do."""
+    world, saved = dist.planned_world_size(), config.get(GLOBAL_BATCH)
+    if saved is None or args.batch_size * world == saved:
+        return
+    fits = f"pass --batch-size {saved // world}" if saved % world == 0 else \
+        f"use a number of processes that divides {saved}"
+    raise RecipeError(f"--batch-size {args.batch_size} in {world} process{'es' if world > 1 else ''} is a global "
+                      f"batch of {args.batch_size * world}, but the run being resumed ({args.checkpoint_dir}) has a "
+                      f"global batch of {saved}; {fits} to continue it, or start a new run without --resume")
 
 
 def _plain_value(value: Any) -> Any:

@@ -19,7 +19,7 @@ from ember import distributed as dist
 from ember.callbacks import Checkpoint, ProgressBar, TensorBoardLogger, TerminateOnNan
 from ember.callbacks.graceful_stop import GracefulStop, is_worker_death
 from ember.engine import Engine, Events
-from ember.run.folder import make_run_dir, newest_good, run_record
+from ember.run.folder import is_checkpoint_name, newest_good, place_run, run_record
 from ember.run.record import (
     MAY_DIFFER,
     RUN_KEY,
@@ -64,6 +64,7 @@ def fit(
     output_transform: Callable[[Any], Any] | None = None,
     resume_hint: str = "resume=True",
     show_plan: bool = False,
+    sharded: bool | None = None,
 ) -> RunResult:
     """Run `trainer` over `data` with checkpoints, resume, NaN guard, TensorBoard, progress and graceful stop.
 
@@ -93,14 +94,15 @@ def fit(
         output_transform: picks the loss out of the trainer's output for TensorBoard and the bar.
         resume_hint: how the messages tell the user to continue a run ("--resume" in `ember train`).
         show_plan: print the trainer's plan (`Engine.describe`) once every handler is attached, before training.
+        sharded: write sharded checkpoint folders (`Checkpoint(sharded=)`; default: when the model is FSDP2's).
 
     Returns:
         A `RunResult`; `exit_status` is 0 (finished, or nothing to do), 1 (NaN/Inf loss) or 128 + the signal.
     """
     objects = {**(objects or {}), "trainer": trainer}
+    resume = resume or dist.elastic_restart_count() > 0  # torchelastic restarted the group: continue the run
     if checkpoint_dir is None:
-        checkpoint_dir, run_id = make_run_dir("checkpoints", run_id) if dist.is_main() else (None, run_id)
-        checkpoint_dir, run_id = dist.broadcast_object((checkpoint_dir, run_id))
+        checkpoint_dir, run_id = place_run("checkpoints", run_id)
     folder = os.fspath(checkpoint_dir)
     record = RunRecord(run_id or os.path.basename(os.path.normpath(folder)), {**(config or {}),
                                                                             "max_epochs": max_epochs})
@@ -138,7 +140,8 @@ def fit(
     if nan_guard:
         trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint))
+                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint,
+                                   sharded=sharded))
     logger = None
     if isinstance(tensorboard, TensorBoardLogger):
         logger = trainer.add(tensorboard)
@@ -211,8 +214,7 @@ class _QuietWorkerDeaths(logging.Filter):
 def _resume(trainer: Engine, folder: str, objects: dict[str, Any], record: RunRecord, resume: bool,
             may_differ: Iterable[str], hint: str) -> str | None:
     """Load the newest good checkpoint of the run in `folder` when asked to; refuse to mix two runs."""
-    names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")] \
-        if os.path.isdir(folder) else []
+    names = [n for n in os.listdir(folder) if is_checkpoint_name(n)] if os.path.isdir(folder) else []
     newest = newest_good(folder) if names else None
     saved = run_record(newest) if newest is not None else None
     if not resume:
