@@ -19,10 +19,10 @@ from torch import nn
 
 from ember import distributed as dist
 from ember.callbacks import TensorBoardLogger
-from ember.callbacks.tensorboard_logger import run_name
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
+from ember.callbacks.tensorboard_logger import run_name
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.recipe import Recipe, RecipeError
