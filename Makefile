@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ember-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test lint bench ignite-suite clean
+.PHONY: setup data train test realdata lint bench ignite-suite clean
 
 setup: $(STAMP) data
 
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 test: setup lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The outputs the docs quote from real FashionMNIST runs, run again (tests/test_docs.py; a few minutes on a CPU).
+realdata: setup
+	$(BIN)/python -m pytest -q -m realdata tests/test_docs.py $(ARGS)
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c constraints.txt

@@ -33,7 +33,7 @@ TRAIN, VAL = "train", "val"
 # TensorBoard's Time Series page opens the first two tag groups (a tag's group is its part before the first
 # "/", groups in name order): "epoch" and "iteration" sort first, then "pictures" and "weights".
 EPOCH, ITERATION, PICTURES, WEIGHTS = "epoch", "iteration", "pictures", "weights"
-# Metrics where lower is better, for the `running_best/<name>` curves; for every other one higher is better.
+# Metrics where lower is better, for the `epoch/<name>/val_best` curves; for every other one higher is better.
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
@@ -92,7 +92,7 @@ class TensorBoardLogger:
       EvalPictures attached; `histograms_every` epochs the weights and gradients as histograms
       `weights/<param>` and `weights/<param>/grad`; with `graph=True` the model graph (traced once on the
       first batch).
-    - hparams (TensorBoard's HParams plugin, not scalar charts) at COMPLETED, listed under `name`, with the
+    - hparams (TensorBoard's HParams plugin, not scalar charts) at COMPLETED, listed under `run_name`, with the
       run's final and best validation values as metrics; `hparams_if(engine)` can veto them for a run that
       will be resumed.
 
@@ -110,7 +110,7 @@ class TensorBoardLogger:
         graph: write the model graph once.
         model: the trained model (default: the trainer's `model` attribute), for gradients, histograms, graph.
         hparams: the run's hyperparameters for the HParams dashboard.
-        name: the run's name in the HParams table (default: its folder); `run_name` makes a short one.
+        run_name: the run's name in the HParams table (default: its folder); `run_name()` makes a short one.
         hparams_if: called at COMPLETED; hparams are written only when it returns True (default: always).
         output_transform: picks the loss out of the step's output.
         correct: a CorrectCounter wrapping the trainer's loss function, for the training accuracy.
@@ -129,7 +129,7 @@ class TensorBoardLogger:
         graph: bool = False,
         model: torch.nn.Module | None = None,
         hparams: Mapping[str, Any] | None = None,
-        name: str | None = None,
+        run_name: str | None = None,
         hparams_if: Callable[[Engine], bool] | None = None,
         output_transform: Callable[[Any], Any] | None = None,
         correct: CorrectCounter | None = None,
@@ -146,7 +146,8 @@ class TensorBoardLogger:
         self.graph = graph
         self.model = model
         self.hparams = {str(k): _hparam_value(v) for k, v in (hparams or {}).items()}
-        self.name = name
+        # not `name`: a handler's `name` is part of its key in checkpoints (docs/order-and-state.md)
+        self.run_name = run_name
         self.hparams_if = hparams_if
         self.output_transform = output_transform
         self.correct = correct
@@ -364,7 +365,7 @@ class TensorBoardLogger:
 
     def write_hparams(self) -> None:
         """Write the hparams into the run, so that its values (final and best validation) are the HParams
-        metrics, listed under `name` when one was given.
+        metrics, listed under `run_name` when one was given.
 
         No experiment summary is written: TensorBoard then lists the union of every run's hparams (runs
         of different recipes have different flags) and, as metrics, the scalars of the session's run.
@@ -373,10 +374,10 @@ class TensorBoardLogger:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         _, start, end = hparams_summaries(dict(self.hparams), {})
-        if self.name:  # the HParams table lists a session under its group name (else under its run's folder)
+        if self.run_name:  # the HParams table lists a session under its group name (else under its run's folder)
             plugin_data = start.value[0].metadata.plugin_data
             data = HParamsPluginData.FromString(plugin_data.content)
-            data.session_start_info.group_name = self.name
+            data.session_start_info.group_name = self.run_name
             plugin_data.content = data.SerializeToString()
         assert self.writer is not None
         file_writer = self.writer._get_file_writer()  # reopens the event file if the run closed it

@@ -167,7 +167,7 @@ class RunContext:
         args = self.args
         try:
             return TensorBoardLogger(args.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
-                                     graph=args.graph, model=model, hparams=self._hparams(), name=self._run_name(),
+                                     graph=args.graph, model=model, hparams=self._hparams(), run_name=self._run_name(),
                                      output_transform=output_transform, correct=self.correct,
                                      class_names=self.classes)
         except OSError as exc:

@@ -67,7 +67,7 @@ def test_layout_one_run_per_training_run_epoch_and_iteration_groups_and_hparams(
     losses = record_losses(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, set_metrics)
     logger = trainer.add(TensorBoardLogger(tmp_path, log_every=3, hparams={"lr": 0.05, "opt": "sgd", "b": (1, 2)},
-                                           name="lr=0.05 · 12-07 02:52:48 · tiny"))
+                                           run_name="lr=0.05 · 12-07 02:52:48 · tiny"))
     trainer.run(data, max_epochs=2)
 
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [], "one TensorBoard run: no sub-folders"

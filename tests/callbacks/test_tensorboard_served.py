@@ -121,6 +121,7 @@ def served(tmp_path_factory) -> dict[str, Any]:
     board = Board(port)
     try:
         found["url_line"] = server.stdout.readline()  # type: ignore[union-attr]
+        found["hint_line"] = server.stdout.readline()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
@@ -165,6 +166,8 @@ def hparams_tags(folder: Path) -> set[str]:
 
 def test_ember_board_prints_its_url_and_refuses_a_taken_port(served):
     assert served["url_line"].strip().endswith(f"at http://127.0.0.1:{served['port']}/ (Ctrl-C to stop)")
+    port = served["port"]
+    assert f"ssh -L {port}:127.0.0.1:{port} " in served["hint_line"], "how to reach it from another machine"
     taken = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"]), "--port",
                             str(served["port"])], capture_output=True, text=True, timeout=60)
     assert taken.returncode == 1 and taken.stdout == ""
