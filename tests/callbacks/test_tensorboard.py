@@ -14,7 +14,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ember.callbacks import Evaluate
 from ember.callbacks.correct_counter import CorrectCounter
-from ember.callbacks.eval_pictures import EvalPictures
+from ember.callbacks.eval_pictures import (
+    CARD_WIDTH,
+    EvalPictures,
+    confusion_matrix_image,
+    misclassified_grid,
+)
 from ember.callbacks.tensorboard_logger import TensorBoardLogger, run_name
 from ember.engine import Engine, Events, order
 from ember.steps import create_evaluator, create_trainer
@@ -242,3 +247,15 @@ def test_only_rank_zero_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     engine.run(range(3))
     assert logger.writer is None
     assert not (tmp_path / "rank1").exists()
+
+
+def test_pictures_fit_a_time_series_card_at_their_own_size() -> None:
+    """A card of TensorBoard's Time Series page is at least 335 px wide: a wider picture is shrunk, and its
+    numbers become unreadable. FashionMNIST's ten classes, with the longest name, and four-digit counts."""
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+    counts = torch.full((10, 10), 12) + torch.diag(torch.full((10,), 988))
+    assert confusion_matrix_image(counts, classes).shape[1] <= CARD_WIDTH
+    wrong = misclassified_grid(torch.rand(24, 1, 28, 28), torch.zeros(24, dtype=torch.long),
+                               torch.ones(24, dtype=torch.long), classes)
+    assert wrong.shape[1] <= CARD_WIDTH
