@@ -154,10 +154,19 @@ REAL = [(page.path, block) for page in map(parse, PAGES) for block in page.block
 @pytest.mark.parametrize("block", [b for _, b in REAL], ids=[b.where() for _, b in REAL])
 def test_quoted_fashion_mnist_output_is_what_ember_prints(block: Block, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outputs the docs quote from real runs, run again here (one to ten epochs on the CPU)."""
+    """The outputs the docs quote from real runs, run again here with the 2 torch threads of the machine that
+    printed them (docs/performance.md: the figures repeat with the same thread count and torch build)."""
+    import torch
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EMBER_DATA", raising=False)
-    missing = quoted_lines_in(block.text, cli_output(block.argument, block.where()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        printed = cli_output(block.argument, block.where())
+    finally:
+        torch.set_num_threads(threads)
+    missing = quoted_lines_in(block.text, printed)
     assert not missing, f"{block.where()}: quoted but not printed: {missing}"
 
 
