@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_until_served(port, "fashion-mnist-mlp/")
         for name, (page, size) in PAGES.items():
-            photograph(f"http://127.0.0.1:{port}/?darkMode=false{page}", DOCS / name, size, chromium)
+            # forceSVG: Time Series draws its charts with SVG instead of WebGL, which headless Chromium lacks
+            photograph(f"http://127.0.0.1:{port}/?darkMode=false&forceSVG=true{page}", DOCS / name, size, chromium)
             print(f"wrote {DOCS / name} ({os.path.getsize(DOCS / name) // 1024} KiB)")
     finally:
         board.terminate()

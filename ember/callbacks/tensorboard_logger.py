@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 TRAIN, VAL = "train", "val"
 # TensorBoard's Time Series page opens the first two tag groups (a tag's group is its part before the first
-# "/", groups in name order): "epoch" and "iteration" sort first, then "pictures" and "weights".
-EPOCH, ITERATION, PICTURES, WEIGHTS = "epoch", "iteration", "pictures", "weights"
-# Metrics where lower is better, for the `epoch/<name>/val_best` curves; for every other one higher is better.
+# "/", groups in name order): "epoch" and "iteration" sort first, then "pictures", "val_best" and "weights".
+EPOCH, ITERATION, PICTURES, BEST, WEIGHTS = "epoch", "iteration", "pictures", "val_best", "weights"
+# Metrics where lower is better, for the `val_best/<name>` curves; for every other one higher is better.
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
@@ -82,9 +82,9 @@ class TensorBoardLogger:
       `epoch` group: `epoch/loss/*` (train: the mean of the epoch's step losses, summed on the device and
       read once per epoch), `epoch/accuracy/*` (train: from `correct=` a CorrectCounter or a "correct" count
       in the step's output), and one pair for every number in `state.metrics` named `train/<name>` or
-      `val/<name>` (Evaluate's prefix); `epoch/<name>/val_best`, the best validation value so far; and
+      `val/<name>` (Evaluate's prefix); and
       `epoch/samples_per_s`, `epoch/time_s` (the training part of the epoch) and on CUDA
-      `epoch/peak_memory_mib`.
+      `epoch/peak_memory_mib`; in a group of its own, `val_best/<name>`, the best validation value so far.
     - every `log_every` iterations: `iteration/loss`, `iteration/grad_norm` (global L2 norm of the
       gradients, computed on the device at those steps only) and `iteration/lr` (`iteration/lr_group{i}`
       with several parameter groups), the rate the iteration used.
@@ -343,7 +343,7 @@ class TensorBoardLogger:
             self.final[name] = number
             better = min if lower_is_better(name) else max
             self.best[name] = better(self.best.get(name, number), number)
-            writer.add_scalar(f"{EPOCH}/{name}/{VAL}_best", self.best[name], step)
+            writer.add_scalar(f"{BEST}/{name}", self.best[name], step)
 
     def _log_histograms(self, engine: Engine, step: int) -> None:
         writer, model = self.writer, self._model(engine)

@@ -91,8 +91,8 @@ def test_layout_one_run_per_training_run_epoch_and_iteration_groups_and_hparams(
     assert steps_values(run, "epoch/extra/train") == [(8, 2.0), (16, 3.0)]
     assert steps_values(run, "epoch/accuracy/val") == [(8, 0.25), (16, 0.5)]
     assert steps_values(run, "epoch/loss/val") == [(8, 2.0), (16, 1.0)]
-    assert steps_values(run, "epoch/loss/val_best") == [(8, 2.0), (16, 1.0)]
-    assert steps_values(run, "epoch/accuracy/val_best")[-1] == (16, 0.5)
+    assert steps_values(run, "val_best/loss") == [(8, 2.0), (16, 1.0)]
+    assert steps_values(run, "val_best/accuracy")[-1] == (16, 0.5)
     tags = run.Tags()["scalars"]
     assert not any("confusion" in tag or tag.startswith("hparam") for tag in tags)
     # TensorBoard's Time Series opens the first two groups in name order: the epoch and iteration charts

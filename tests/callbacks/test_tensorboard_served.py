@@ -197,7 +197,7 @@ def test_time_series_opens_on_the_epoch_and_iteration_groups(served):
     tags = {tag for route in ("scalars/tags", "images/tags", "histograms/tags")
             for run in board.get(route).values() for tag in run}
     groups = sorted({tag.split("/")[0] for tag in tags})
-    assert groups[:2] == ["epoch", "iteration"] and {"pictures", "weights"} <= set(groups[2:]), groups
+    assert groups[:2] == ["epoch", "iteration"] and {"pictures", "val_best", "weights"} <= set(groups[2:]), groups
 
 
 def test_learning_rate_at_every_logged_iteration_follows_one_cycle(served):
@@ -242,7 +242,7 @@ def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served
     assert {"recipe", "epochs", "batch_size", "lr", "seed", "label_smoothing", "weight_decay", "scheduler"} <= names
     assert not names & {"logdir", "checkpoint_dir", "resume", "progress"}
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert {"epoch/accuracy/val", "epoch/accuracy/val_best", "epoch/loss/val", "epoch/loss/val_best"} <= metrics
+    assert {"epoch/accuracy/val", "val_best/accuracy", "epoch/loss/val", "val_best/loss"} <= metrics
     groups = session_groups(board)
     speed = groups[SPEED]
     assert speed["hparams"]["label_smoothing"] == pytest.approx(0.1) and speed["hparams"]["epochs"] == 2
@@ -252,8 +252,8 @@ def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served
     accuracy = [v for _, v in board.scalars(SPEED, "epoch/accuracy/val")]
     loss = [v for _, v in board.scalars(SPEED, "epoch/loss/val")]
     assert values["epoch/accuracy/val"] == pytest.approx(accuracy[-1])
-    assert values["epoch/accuracy/val_best"] == pytest.approx(max(accuracy))
-    assert values["epoch/loss/val_best"] == pytest.approx(min(loss))
+    assert values["val_best/accuracy"] == pytest.approx(max(accuracy))
+    assert values["val_best/loss"] == pytest.approx(min(loss))
     assert groups[PLATEAU]["hparams"]["scheduler"] == "plateau"
 
 
