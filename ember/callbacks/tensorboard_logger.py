@@ -82,9 +82,9 @@ class TensorBoardLogger:
       `epoch` group: `epoch/loss/*` (train: the mean of the epoch's step losses, summed on the device and
       read once per epoch), `epoch/accuracy/*` (train: from `correct=` a CorrectCounter or a "correct" count
       in the step's output), and one pair for every number in `state.metrics` named `train/<name>` or
-      `val/<name>` (Evaluate's prefix); and
-      `epoch/samples_per_s`, `epoch/time_s` (the training part of the epoch) and on CUDA
-      `epoch/peak_memory_mib`; in a group of its own, `val_best/<name>`, the best validation value so far.
+      `val/<name>` (Evaluate's prefix); and `epoch/samples_per_s`, `epoch/time_s` (the training part of the
+      epoch) and on CUDA `epoch/peak_memory_mib`. In a group of its own, `val_best/<name>`: the best
+      validation value so far.
     - every `log_every` iterations: `iteration/loss`, `iteration/grad_norm` (global L2 norm of the
       gradients, computed on the device at those steps only) and `iteration/lr` (`iteration/lr_group{i}`
       with several parameter groups), the rate the iteration used.
