@@ -2,5 +2,6 @@
 
 `format` (the file, its errors and its integrity check), `folder` (naming, finding, writing and keeping
 files), `safety` (the weights_only probe before a file gets its name), `finite` (NaN/Inf checks of weights),
-`restore` (loading all or nothing) and `handler_states` (the state of the engine's stateful handlers).
+`restore` (loading all or nothing), `handler_states` (the state of the engine's stateful handlers) and
+`async_writer` (the host snapshot and the background writer of `Checkpoint(async_save=True)`).
 """

@@ -146,6 +146,7 @@ class RunContext:
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
                 resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
@@ -191,6 +192,7 @@ class RunContext:
 
 # Flags about where things go and how a run is watched, not about the training itself.
 NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
+                         "async_checkpoint",
                          "resume", "run_id", "progress", "show_plan", "max_iterations", "log_every", "images",
                          "histograms", "graph"})
 

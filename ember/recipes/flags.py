@@ -88,6 +88,9 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="ITERS",
                    help="also checkpoint every ITERS iterations (default: at the end of each epoch)")
     p.add_argument("--keep-last", type=_positive_int, default=2, help="checkpoints to keep")
+    p.add_argument("--async-checkpoint", action="store_true",
+                   help="save checkpoints in the background: a save copies the state into host memory (about the "
+                        "checkpoint's size) and training goes on while it is written")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue the newest run of this recipe (or the run in folder RUN, or in --checkpoint-dir) "
                         "with its flags; a flag given again must match, except --epochs and others that only say "

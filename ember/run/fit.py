@@ -54,6 +54,7 @@ def fit(
     run_id: str | None = None,
     checkpoint_every: int | None = None,
     keep_last: int = 2,
+    async_checkpoint: bool = False,
     tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None,
     hparams: Mapping[str, Any] | None = None,
     progress: bool | None = None,
@@ -81,6 +82,8 @@ def fit(
         checkpoint_dir: the run's own folder; `resume` continues the run saved there.
         config: the run's settings, saved in its checkpoints and compared on resume.
         checkpoint_every: also save every this many iterations (always at each epoch's end and at the end).
+        async_checkpoint: save in the background (`Checkpoint(async_save=True)`): a save copies the state into
+            host memory and training goes on while a thread writes it; a stop waits for the save in flight.
         tensorboard: the TensorBoard folder of this run, or a `TensorBoardLogger` for it (None: no TensorBoard);
             reused on resume, where the logger continues the same run. Its hparams are written only when the
             run finishes (not when it is stopped to be resumed).
@@ -133,7 +136,7 @@ def fit(
     if nan_guard:
         trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                                   keep_last=keep_last, save_on_exception=True))
+                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint))
     logger = None
     if isinstance(tensorboard, TensorBoardLogger):
         logger = trainer.add(tensorboard)
