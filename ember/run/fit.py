@@ -120,7 +120,8 @@ def fit(
         warnings.warn("resuming over a DataLoader without generator=: each iter() draws its seed from the global "
                       "RNG, so Dropout and other random draws will not repeat the uninterrupted run's; pass "
                       "DataLoader(..., generator=torch.Generator().manual_seed(seed))", RuntimeWarning, stacklevel=2)
-    if resumed and state.epoch_length and state.iteration >= state.epoch_length * max_epochs:
+    if resumed and state.epoch_length and state.iteration >= state.epoch_length * max_epochs \
+            and not state.epoch_end_pending:  # a last epoch whose end did not run: run just that end
         done, extra = divmod(state.iteration, state.epoch_length)
         part = f" and {_plural(extra, 'iteration')} of epoch {done + 1}" if extra else ""
         _say(f"Nothing to do: the run in {folder} already finished {_plural(done, 'epoch')}{part} (iteration "

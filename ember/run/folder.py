@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ember.callbacks import Checkpoint
-from ember.run.record import RUN_KEY, RunError
+from ember.checkpoint.folder import candidates
+from ember.checkpoint.format import CorruptCheckpointError, read
+from ember.run.record import RUN_KEY, RunError, record_problem
 
 
 def new_run_id() -> str:
@@ -57,14 +55,29 @@ def saved_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def newest_good(folder: str | os.PathLike[str]) -> str | None:
-    """`Checkpoint.latest` without its warnings: the load that follows warns once about each file it skips."""
+    """`Checkpoint.latest`, also passing over files whose run record is malformed, without warnings: the load
+    that follows warns once about each file it skips."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return Checkpoint.latest(folder)
+        for path in candidates(os.fspath(folder), None)[0]:
+            try:
+                read(path)
+                run_record(path)
+            except CorruptCheckpointError:
+                continue
+            return path
+    return None
 
 
 def run_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run record saved in the checkpoint file `path` (None for files written without `fit`)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    record = payload.get("objects", {}).get(RUN_KEY) if isinstance(payload, dict) else None
-    return dict(record) if isinstance(record, Mapping) else None
+    """The run record saved in the checkpoint file `path` (None for files written without `fit`);
+    CorruptCheckpointError naming the file when the record is malformed."""
+    payload = read(os.fspath(path), peek=True)
+    record = payload["objects"].get(RUN_KEY)
+    if record is None:
+        return None
+    problem = record_problem(record)
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint file {path} is malformed: its run record {problem}. Load an "
+                                     "earlier checkpoint")
+    return dict(record)
