@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from ember.callbacks.graceful_stop import GracefulStop
 from ember.callbacks.tensorboard_logger import run_name
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
+from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import MAY_DIFFER, RunError, fit, make_run_dir
 from ember.steps import create_evaluator, create_trainer
@@ -68,6 +70,9 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        slow = slow_amp_warning(args.amp, self.device)
+        if slow and dist.is_main():
+            print(slow, file=sys.stderr)
         _place_run(recipe, args)
         seed_everything(args.seed)
         self.classes: list[str] | None = None

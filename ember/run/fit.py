@@ -129,11 +129,12 @@ def fit(
         result.finished = True
         return result
     objects[RUN_KEY] = RunRecord(record.run_id, record.config)
-    logs = "no TensorBoard logs"
-    if logdir:
+    if logdir:  # two short lines, not one of two paths (about 190 characters)
         parent = os.path.dirname(os.path.normpath(logdir)) or logdir
-        logs = f"TensorBoard logs to {logdir} (view them: ember board {parent})"
-    _say(f"ember: run {record.run_id}: checkpoints go to {folder}, {logs}", err=True)
+        _say(f"ember: run {record.run_id}: checkpoints go to {folder}", err=True)
+        _say(f"ember: TensorBoard logs go to {logdir} (view them: ember board {parent})", err=True)
+    else:
+        _say(f"ember: run {record.run_id}: checkpoints go to {folder}, no TensorBoard logs", err=True)
     if nan_guard:
         trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
