@@ -54,7 +54,8 @@ def _setting(tmp_path_factory):
         "sigint_group": ((*cli, "--pause-at", "3", "--pause", "60", "--"),
                          lenet_args(root, base / "sigint_group", "dataloader", "--num-workers", "2",
                                     "--no-tensorboard"), True),
-        "double_sigint": ((*cli, "--pause-at", "3", "--pause", "60", "--stuck", "--"),
+        # Started with the others but reached last: its stuck handler must outlast the module's earlier tests.
+        "double_sigint": ((*cli, "--pause-at", "3", "--pause", "900", "--stuck", "--"),
                           lenet_args(root, base / "double_sigint", "fast", "--checkpoint-every", "2",
                                      "--no-tensorboard"), True),
     }
@@ -143,7 +144,7 @@ def test_sigterm_to_the_process_group_kills_the_workers_but_the_run_still_stops_
 
 def test_a_second_sigint_aborts_at_once(setting):
     child = setting["children"]["double_sigint"]
-    child.wait_for(lambda line: line == "PAUSE 3")  # a handler that will not return for 60 s
+    child.wait_for(lambda line: line == "PAUSE 3")  # a handler that will not return for 900 s
     child.signal(signal.SIGINT, group=True)
     deadline = time.monotonic() + 60
     while "SIGINT received" not in child.stderr and time.monotonic() < deadline:
