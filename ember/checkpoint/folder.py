@@ -72,11 +72,13 @@ def scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list[
     return regular, best
 
 
-def candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
+def candidates(
+    dirname: str, prefix: str | None, peeked: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], list[str]]:
     """Checkpoints in `dirname` whose metadata reads, newest first by the step recorded inside each file (a
     regular file before a best one of the same step), and the problems of the others, each skipped with a
     warning (for the caller's caller) that names the file. The tensors' checksums are checked when a file is
-    loaded or picked."""
+    loaded or picked. `peeked`, when given, receives each readable file's metadata (`read(path, peek=True)`)."""
     regular, best = scan(dirname, prefix)
     found: list[tuple[int, bool, float, str]] = []
     problems: list[str] = []
@@ -84,6 +86,8 @@ def candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
         for _, path in files:
             try:
                 payload = read(path, peek=True)
+                if peeked is not None:
+                    peeked[path] = payload
                 found.append((int(payload["step"]), is_regular, os.path.getmtime(path), path))
                 continue
             except CheckpointError as exc:

@@ -67,11 +67,19 @@ def resume_latest(
     """
     dirname = os.fspath(dirname)
     paths, problems = candidates(dirname, prefix)
+    return resume_from(dirname, paths, problems, objects, strict=strict)
+
+
+def resume_from(
+    dirname: str, paths: list[str], problems: list[str], objects: Mapping[str, Any], *, strict: bool = True
+) -> str | None:
+    """`resume_latest` over files already found: load the first of `paths` that can be resumed from, falling
+    back past unusable ones; `problems` (of files skipped earlier) are listed if none can be."""
     for path in paths:
         try:
             load(path, objects, strict=strict)
         except CorruptCheckpointError as exc:
-            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
+            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=3)
             problems.append(str(exc))
             continue
         return path

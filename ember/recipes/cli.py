@@ -26,9 +26,6 @@ _IN_FLAGS = (
     ("use amp='bf16'", "use --amp bf16"),
     ("use compile=True or compile='max-autotune-no-cudagraphs'",
      "use --compile or --compile max-autotune-no-cudagraphs"),
-    ("Pass strict=False to load only what matches.",
-     "Was it written by another recipe or model? Resume a run of this recipe (--resume RUN), or start a new run "
-     "without --resume."),
 )
 
 
@@ -85,9 +82,11 @@ def _train(spec: str, argv: list[str]) -> int:
         print(_error_line(exc), file=sys.stderr)
         return 2
     warnings.formatwarning = _warning_line
+    context = None
     try:
-        args = parse_flags(recipe, argv)
-        return recipe.train(args, RunContext(recipe, args))
+        args, run = parse_flags(recipe, argv)
+        context = RunContext(recipe, args, run)
+        return recipe.train(args, context)
     except DataNotFoundError as exc:
         print(_error_line(exc), file=sys.stderr)
         return 2
@@ -103,6 +102,8 @@ def _train(spec: str, argv: list[str]) -> int:
         print(_error_line(exc) + "  [set EMBER_DEBUG=1 for the traceback]", file=sys.stderr)
         return 1
     finally:
+        if context is not None:
+            context.close()
         dist.cleanup()
 
 

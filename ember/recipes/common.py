@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunError, fit, make_run_dir
+from ember.run import MAY_DIFFER, RunError, RunFolder, fit, place
 from ember.steps import create_evaluator, create_trainer
 
 __all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
@@ -52,9 +53,12 @@ def seed_everything(seed: int) -> None:
 class RunContext:
     """The set-up a recipe asks for: device, data loaders, model placement, trainer and evaluator."""
 
-    def __init__(self, recipe: Recipe, args: argparse.Namespace) -> None:
+    def __init__(self, recipe: Recipe, args: argparse.Namespace, run: RunFolder | None = None) -> None:
+        """Set up the process group and device, then place the run: `run` (the folder --resume opened), else
+        --checkpoint-dir, else a new folder `checkpoints/<recipe>/<run-id>`, locked for the run (`close`)."""
         self.recipe = recipe
         self.args = args
+        self.run: RunFolder | None = None
         dist.init(backend="gloo" if args.device == "cpu" else None)
         dist.silence_non_main()
         self.device = select_device(args.device)
@@ -63,7 +67,11 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
-        _place_run(recipe, args)
+        try:
+            self.run = place(run or args.checkpoint_dir, root=os.path.join("checkpoints", recipe.name))
+        except RunError as exc:
+            raise RecipeError(str(exc)) from None
+        self.logdir = args.logdir or _paired_logdir(recipe.name, self.run)
         seed_everything(args.seed)
         self.classes: list[str] | None = None
         self.correct: CorrectCounter | None = None
@@ -137,8 +145,8 @@ class RunContext:
             print(f"Distributed: {dist.world_size()} processes, global batch {args.batch_size * dist.world_size()}")
         try:
             result = fit(
-                trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
-                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER, run_id=args.run_id,
+                trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=self.run,
+                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
@@ -148,24 +156,36 @@ class RunContext:
             if exc.setting == "tensorboard":
                 raise RecipeError(f"{exc}; pass --logdir with a folder that can be created and written, or "
                                   "--no-tensorboard") from None
+            if exc.setting == "logdir":
+                raise RecipeError(str(exc).replace(f"tensorboard={self.logdir!r}", f"--logdir {self.logdir}")
+                                  + "; pass --logdir with a new folder, or --resume that run") from None
             raise RecipeError(str(exc)) from None
         return result.exit_status
 
+    def close(self) -> None:
+        """Let go of the run folder's lock; a folder made for a run that never saved is removed."""
+        if self.run is not None and dist.is_main():
+            self.run.close()
+
     def config(self) -> dict[str, Any]:
-        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints."""
+        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints;
+        the folders are the ones the run uses."""
         skip = {"resume", "run_id"}
-        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip}}
+        config = {k: v for k, v in vars(self.args).items() if k not in skip}
+        if self.run is not None:
+            config.update(checkpoint_dir=self.run.path, logdir=self.logdir)
+        return {"recipe": self.recipe.name, **config}
 
     def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
         """The TensorBoard logger of this run, as the TensorBoard flags say."""
         args = self.args
         try:
-            return TensorBoardLogger(args.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
+            return TensorBoardLogger(self.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
                                      graph=args.graph, model=model, hparams=self._hparams(),
                                      output_transform=output_transform, correct=self.correct,
                                      class_names=self.classes)
         except OSError as exc:
-            raise RecipeError(f"cannot write TensorBoard logs to {args.logdir}: {exc.strerror or exc}; pass --logdir "
+            raise RecipeError(f"cannot write TensorBoard logs to {self.logdir}: {exc.strerror or exc}; pass --logdir "
                               "with a folder that can be created and written, or --no-tensorboard") from None
 
     def _hparams(self) -> dict[str, Any]:
@@ -189,13 +209,11 @@ def graceful_stop(trainer: Engine) -> Iterator[GracefulStop]:
         yield stop
 
 
-def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
-    """A new run's own folders (made by rank 0, the same on every rank), unless the flags name them."""
-    if args.checkpoint_dir is None:
-        root = os.path.join("checkpoints", recipe.name)
-        args.checkpoint_dir, args.run_id = make_run_dir(root) if dist.is_main() else (None, None)
-        args.checkpoint_dir, args.run_id = dist.broadcast_object((args.checkpoint_dir, args.run_id))
-    if args.run_id is None:
-        args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
-    if args.logdir is None:
-        args.logdir = os.path.join("runs", recipe.name, args.run_id)
+def _paired_logdir(recipe: str, run: RunFolder) -> str:
+    """The TensorBoard folder of a run: `runs/<recipe>/<run-id>` for a folder `checkpoints/<recipe>/<run-id>`;
+    for a folder elsewhere, its name and a digest of its full path, so that `a/exp` and `b/exp` never share one."""
+    default = os.path.join("checkpoints", recipe, run.run_id)
+    if os.path.abspath(run.path) == os.path.abspath(default):
+        return os.path.join("runs", recipe, run.run_id)
+    digest = hashlib.sha256(os.path.abspath(run.path).encode()).hexdigest()[:8]
+    return os.path.join("runs", recipe, f"{os.path.basename(os.path.normpath(run.path))}-{digest}")

@@ -8,8 +8,10 @@ import math
 import os
 from typing import Any
 
+from ember.checkpoint.format import CheckpointError
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, latest_run_dir, saved_run
+from ember.run import MAY_DIFFER, RunFolder, latest_run_dir
+from ember.run.folder import describe
 
 
 def _positive_int(text: str) -> int:
@@ -113,23 +115,23 @@ _NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "sho
                           "device"})
 
 
-def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
-    """The recipe's flags from `argv`; with --resume, the run's folder and its own flags.
+def parse_flags(recipe: Recipe, argv: list[str]) -> tuple[argparse.Namespace, RunFolder | None]:
+    """The recipe's flags from `argv`, and with --resume the run's folder (opened once) with its own flags.
 
     (A new run gets its folders `checkpoints/<recipe>/<run-id>` and `runs/<recipe>/<run-id>` from RunContext,
-    once the process group is up.) `--resume` finds the run (its folder, --checkpoint-dir, or the newest run of
-    the recipe), takes every flag not given on the command line from its checkpoints, applies a differing
-    flag given again where that is honest (`MAY_DIFFER`: more --epochs, another --device...) and refuses any
-    other in one line naming the flag and both values, before anything is built or trained.
+    once the process group is up.) `--resume` finds the run (`find_run`), takes every flag not given on the
+    command line from its checkpoints, applies a differing flag given again where that is honest
+    (`MAY_DIFFER`: more --epochs, another --device...) and refuses any other in one line naming the flag and
+    both values, before anything is built or trained.
     """
     parser = build_parser(recipe)
     given = parser.parse_args(argv, namespace=argparse.Namespace(**{a.dest: _UNSET for a in parser._actions}))
     explicit = {k for k, v in vars(given).items() if v is not _UNSET}
     args = parser.parse_args(argv)
-    root = os.path.join("checkpoints", recipe.name)
-    if args.resume:
-        _adopt_saved_flags(recipe, parser, args, explicit, root)
-    return args
+    run = find_run(recipe, args) if args.resume else None
+    if run is not None:
+        _adopt_saved_flags(recipe, parser, args, explicit, run)
+    return args, run
 
 
 def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
@@ -146,42 +148,76 @@ def _shown(flag: str, value: Any) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                       explicit: set[str], root: str) -> None:
-    if isinstance(args.resume, str):
-        folder = os.path.dirname(args.resume) if os.path.isfile(args.resume) else args.resume
-        if args.checkpoint_dir is not None and os.path.abspath(args.checkpoint_dir) != os.path.abspath(folder):
-            raise RecipeError(f"--resume {args.resume} and --checkpoint-dir {args.checkpoint_dir} name two runs; "
-                              "give one of them")
-        if not os.path.isdir(folder):
-            raise RecipeError(f"--resume {args.resume}: no such run folder; pass a folder under {root}, or --resume "
-                              "alone for the newest run of this recipe")
-        args.checkpoint_dir = folder
-    elif args.checkpoint_dir is None:
-        args.checkpoint_dir = latest_run_dir(root)
-        if args.checkpoint_dir is None:
+def find_run(recipe: Recipe, args: argparse.Namespace) -> RunFolder | None:
+    """The run `--resume` names, opened: a run id, a run folder, a checkpoint file (resumed exactly), the run's
+    TensorBoard folder, or nothing (--checkpoint-dir, else the newest run of the recipe; None when there is
+    none: a new run). A folder without checkpoints is refused in one line, and nothing is written."""
+    root = os.path.join("checkpoints", recipe.name)
+    named = args.resume if isinstance(args.resume, str) else None
+    if named is None and args.checkpoint_dir is None:
+        folder = latest_run_dir(root)
+        if folder is None:
             print(f"No earlier run of {recipe.name} in {root}: starting a new run.")
-            return
-    saved = saved_run(args.checkpoint_dir)
-    if saved is None:
+            return None
+        return RunFolder.open(folder)
+    target = named if named is not None else args.checkpoint_dir
+    what = f"--resume {named}" if named is not None else f"--checkpoint-dir {target} --resume"
+    if os.path.isfile(target):
+        folder, file = os.path.dirname(target) or ".", target
+    elif os.path.isdir(target):
+        folder, file = target, None
+    elif named is not None and os.sep not in named and os.path.isdir(os.path.join(root, named)):
+        folder, file = os.path.join(root, named), None  # a run id
+    else:
+        raise RecipeError(f"{what}: no such run id, run folder or checkpoint file; pass a run id or folder under "
+                          f"{root}, or --resume alone for the newest run of this recipe")
+    if named is not None and args.checkpoint_dir is not None and \
+            os.path.abspath(args.checkpoint_dir) != os.path.abspath(folder):
+        raise RecipeError(f"--resume {named} and --checkpoint-dir {args.checkpoint_dir} name two runs; give one "
+                          "of them")
+    try:
+        run = RunFolder.open(folder, file=file)
+    except CheckpointError as exc:
+        raise RecipeError(f"{what}: {exc}") from None
+    if file is None and not run.holds_checkpoints:
+        tensorboard = _run_logging_to(folder, root)
+        if tensorboard is not None:
+            return tensorboard
+        raise RecipeError(f"{what}: {folder} holds no run to resume: {describe(folder)}; nothing was written. Pass "
+                          f"a run id or a run folder under {root} (or a checkpoint file), or start a new run")
+    return run
+
+
+def _run_logging_to(logdir: str, root: str) -> RunFolder | None:
+    """The run (under `root`, by the folder's name) whose TensorBoard folder `logdir` is, or None."""
+    if not any(n.startswith("events.out.tfevents") for n in os.listdir(logdir)):
+        return None
+    folder = os.path.join(root, os.path.basename(os.path.normpath(logdir)))
+    if not os.path.isdir(folder):
+        return None
+    run = RunFolder.open(folder)
+    saved = (run.record or {}).get("config", {}).get("logdir")
+    if not run.holds_checkpoints or saved is None or os.path.realpath(saved) != os.path.realpath(logdir):
+        return None
+    return run
+
+
+def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       explicit: set[str], run: RunFolder) -> None:
+    """Take the run's saved flags where not given; refuse a given one that differs and may not."""
+    if run.record is None:
         return
-    config = saved["config"]
+    config = run.record["config"]
     if config.get("recipe", recipe.name) != recipe.name:
-        raise RecipeError(f"--resume: {args.checkpoint_dir} holds a run of {config['recipe']}, not of {recipe.name}; "
-                          f"resume it with `ember train {config['recipe']} --resume {args.checkpoint_dir}`")
+        raise RecipeError(f"--resume: {run.path} holds a run of {config['recipe']}, not of {recipe.name}; "
+                          f"resume it with `ember train {config['recipe']} --resume {run.path}`")
     current = vars(args)
     for key, old in config.items():
-        if key not in current or key in _NOT_ADOPTED:
-            continue
-        if key not in explicit:
+        if key in current and key not in _NOT_ADOPTED and key not in explicit:
             current[key] = old
-        elif key not in MAY_DIFFER and _plain_value(current[key]) != old:
-            flag = flag_of(parser, key)
-            raise RecipeError(f"{_shown(flag, current[key])} differs from the run being resumed "
-                              f"({args.checkpoint_dir}), which has {_shown(flag, old)}; drop {flag} to keep the "
-                              "run's value, or start a new run without --resume")
-    args.run_id = saved["run_id"]
-
-
-def _plain_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    given = {key: current[key] for key in explicit if key not in _NOT_ADOPTED}
+    for key, old, new in run.compare(given, MAY_DIFFER):
+        flag = flag_of(parser, key)
+        raise RecipeError(f"{_shown(flag, new)} differs from the run being resumed ({run.path}), which has "
+                          f"{_shown(flag, old)}; drop {flag} to keep the run's value, or start a new run without "
+                          "--resume")
