@@ -25,8 +25,9 @@ from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
+from ember.recipes.flags import MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunError, RunFolder, fit, place
+from ember.run import RunError, RunFolder, fit, place
 from ember.steps import create_evaluator, create_trainer
 
 __all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
@@ -170,8 +171,7 @@ class RunContext:
     def config(self) -> dict[str, Any]:
         """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints;
         the folders are the ones the run uses."""
-        skip = {"resume", "run_id"}
-        config = {k: v for k, v in vars(self.args).items() if k not in skip}
+        config = {k: v for k, v in vars(self.args).items() if k not in NOT_SAVED}
         if self.run is not None:
             config.update(checkpoint_dir=self.run.path, logdir=self.logdir)
         return {"recipe": self.recipe.name, **config}
@@ -192,12 +192,6 @@ class RunContext:
         """Every flag that shapes the training (the recipe's own included), not those saying where to log."""
         flags = {k: v for k, v in vars(self.args).items() if k not in NOT_HPARAMS}
         return {"recipe": self.recipe.name, **{k: "none" if v is None else v for k, v in flags.items()}}
-
-
-# Flags about where things go and how a run is watched, not about the training itself.
-NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
-                         "resume", "run_id", "progress", "show_plan", "max_iterations", "log_every", "images",
-                         "histograms", "graph"})
 
 
 @contextlib.contextmanager

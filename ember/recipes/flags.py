@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ember.checkpoint.format import CheckpointError
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunFolder, latest_run_dir
+from ember.run import RunFolder, latest_run_dir
 from ember.run.folder import describe
 
 
@@ -103,16 +105,51 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
                    help="print the handlers each event runs, in order, with their filters, before training")
     p.add_argument("--max-iterations", type=_positive_int, default=None, metavar="N",
                    help="stop after iteration N (counted over the whole run), with a checkpoint; e.g. to try a set-up")
-    p.set_defaults(run_id=None)
     if recipe.add_arguments is not None:
         recipe.add_arguments(p)
     return p
 
 
+@dataclass(frozen=True)
+class Role:
+    """What a flag is to a run: whether `--resume` takes it from the run's checkpoints when it is not given
+    (`adopted`), accepts another value given again (`may_differ`: how long, where or how visibly the run goes),
+    whether TensorBoard's HParams show it (`hparam`) and whether the run's checkpoints save it (`saved`)."""
+
+    adopted: bool = True
+    may_differ: bool = False
+    hparam: bool = True
+    saved: bool = True
+
+
+TRAINING = Role()  # shapes what is learned: adopted on resume, must match, a hyperparameter
+RUNTIME = Role(may_differ=True)  # how fast or how long it runs: adopted, may change, shown with the hyperparameters
+WATCHING = Role(may_differ=True, hparam=False)  # where it saves and logs and what it shows
+INVOCATION = Role(adopted=False, may_differ=True, hparam=False)  # this command only, not the run
+# Every flag of build_parser and its role, the one place that says it (recipe-specific flags are TRAINING).
+FLAGS: dict[str, Role] = {
+    "epochs": RUNTIME, "batch_size": TRAINING, "lr": TRAINING, "seed": TRAINING,
+    "device": Role(adopted=False, may_differ=True), "amp": TRAINING,
+    "data_root": WATCHING, "data_path": RUNTIME, "num_workers": RUNTIME,
+    "progress": INVOCATION, "logdir": WATCHING, "tensorboard": WATCHING, "log_every": WATCHING,
+    "images": WATCHING, "histograms": WATCHING, "graph": WATCHING,
+    "checkpoint_dir": INVOCATION, "checkpoint_every": WATCHING, "keep_last": WATCHING,
+    "resume": Role(adopted=False, may_differ=True, hparam=False, saved=False),
+    "compile": RUNTIME, "cuda_graph": RUNTIME, "channels_last": RUNTIME,
+    "show_plan": INVOCATION, "max_iterations": INVOCATION,
+}  # fmt: skip
+
+
+def _with(test: Callable[[Role], bool]) -> frozenset[str]:
+    return frozenset(name for name, role in FLAGS.items() if test(role))
+
+
+MAY_DIFFER = _with(lambda r: r.may_differ)  # --resume accepts another value of these
+NOT_ADOPTED = _with(lambda r: not r.adopted)  # --resume never takes these from the checkpoints
+NOT_HPARAMS = _with(lambda r: not r.hparam)  # left out of TensorBoard's HParams
+NOT_SAVED = _with(lambda r: not r.saved)  # left out of the configuration saved in checkpoints
+
 _UNSET = object()
-# Flags a resumed run does not take from its checkpoints: they describe this invocation, not the run.
-_NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "show_plan", "max_iterations",
-                          "device"})
 
 
 def parse_flags(recipe: Recipe, argv: list[str]) -> tuple[argparse.Namespace, RunFolder | None]:
@@ -213,9 +250,9 @@ def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: ar
                           f"resume it with `ember train {config['recipe']} --resume {run.path}`")
     current = vars(args)
     for key, old in config.items():
-        if key in current and key not in _NOT_ADOPTED and key not in explicit:
+        if key in current and key not in NOT_ADOPTED and key not in explicit:
             current[key] = old
-    given = {key: current[key] for key in explicit if key not in _NOT_ADOPTED}
+    given = {key: current[key] for key in explicit if key not in NOT_ADOPTED}
     for key, old, new in run.compare(given, MAY_DIFFER):
         flag = flag_of(parser, key)
         raise RecipeError(f"{_shown(flag, new)} differs from the run being resumed ({run.path}), which has "
