@@ -28,60 +28,42 @@ from ember.run.record import MAY_DIFFER, RUN_KEY, RunError, RunRecord, RunResult
 
 
 def fit(
-    trainer: Engine,
-    data: Iterable,
-    *,
-    max_epochs: int,
-    objects: Mapping[str, Any] | None = None,
-    checkpoint_dir: str | os.PathLike[str] | RunFolder | None = None,
-    resume: bool = False,
-    config: Mapping[str, Any] | None = None,
-    may_differ: Iterable[str] = MAY_DIFFER,
-    run_id: str | None = None,
-    checkpoint_every: int | None = None,
-    keep_last: int = 2,
-    tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None,
-    hparams: Mapping[str, Any] | None = None,
-    progress: bool | None = None,
-    progress_per: Literal["epoch", "run"] = "epoch",
-    nan_guard: bool = True,
-    max_iterations: int | None = None,
-    output_transform: Callable[[Any], Any] | None = None,
-    resume_hint: str = "resume=True",
-    show_plan: bool = False,
+    trainer: Engine, data: Iterable, *, max_epochs: int, objects: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | RunFolder | None = None, resume: bool = False,
+    config: Mapping[str, Any] | None = None, may_differ: Iterable[str] = MAY_DIFFER, run_id: str | None = None,
+    checkpoint_every: int | None = None, keep_last: int = 2,
+    tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None, hparams: Mapping[str, Any] | None = None,
+    progress: bool | None = None, progress_per: Literal["epoch", "run"] = "epoch", nan_guard: bool = True,
+    max_iterations: int | None = None, output_transform: Callable[[Any], Any] | None = None,
+    resume_hint: str = "resume=True", show_plan: bool = False,
 ) -> RunResult:
     """Run `trainer` over `data` with checkpoints, resume, NaN guard, TensorBoard, progress and graceful stop.
 
-    The run's checkpoints go to `checkpoint_dir`, which must not hold another run's checkpoints unless
-    `resume=True`, which continues exactly from the newest good one there (mid-epoch included; a missing or
-    empty folder starts a new run). The folder is locked for the whole run: a second run on it is refused.
-    On resume a setting of `config` that differs from the saved one raises `RunError` before any training,
-    unless it is in `may_differ`; as many `max_epochs` (or a `max_iterations`) as already done leave the run
-    untouched ("Nothing to do"). Mistakes (another run's folder, a model that does not match the checkpoint,
-    a TensorBoard folder of another run) raise `RunError` in one line, in terms of these parameters.
+    A run places its folder (locked for the run: a second run on it is refused), resumes, wires its handlers,
+    runs and reports. Its mistakes (another run's folder, a setting that differs on resume, a model that does
+    not match the checkpoint, another run's TensorBoard folder) raise `RunError` in one line, before any training.
 
     Args:
         trainer: the training engine (its state is saved as "trainer").
         data: the training batches.
-        max_epochs: epochs the run trains in all.
+        max_epochs: epochs the run trains in all; on resume, as many as done already leave it untouched.
         objects: what to checkpoint besides the trainer (model, optimizer, scheduler...).
-        checkpoint_dir: the run's own folder, or a `RunFolder` already opened (None: a new folder
-            `checkpoints/<run-id>`).
-        resume: continue the run saved in `checkpoint_dir`.
-        config: the run's settings (any plain values, e.g. `vars(args)`), saved in its checkpoints with the
-            run id and compared on resume.
-        may_differ: the keys of `config` that a resumed run may change (`max_epochs` is always among them).
-        run_id: the id of a new run (default: the folder's name; a resumed run keeps its saved id).
+        checkpoint_dir: the run's own folder, or a `RunFolder` already opened (None: a new `checkpoints/<run-id>`);
+            it must not hold another run's checkpoints unless `resume`.
+        resume: continue exactly from the newest good checkpoint in `checkpoint_dir` (mid-epoch included; a
+            missing or empty folder starts a new run).
+        config: the run's settings (plain values, e.g. `vars(args)`), saved in its checkpoints, compared on resume.
+        may_differ: the keys of `config` a resumed run may change (`max_epochs` always may).
+        run_id: the id of a new run (default: the folder's name); a resumed run keeps its saved id.
         checkpoint_every: also save every this many iterations (always at each epoch's end and at the end).
         keep_last: checkpoint files to keep.
-        tensorboard: the TensorBoard folder of this run, or a `TensorBoardLogger` for it (None: no TensorBoard);
-            reused on resume, where the logger continues the same run; a new run refuses a folder that holds
-            TensorBoard events already. Its hparams are written only when the run finishes.
-        hparams: the run's hyperparameters for TensorBoard's HParams dashboard (with a folder `tensorboard`).
+        tensorboard: the run's TensorBoard folder or a `TensorBoardLogger` for it (None: none); a resumed run
+            continues it, a new run refuses one holding events. Hparams are written when the run finishes.
+        hparams: the hyperparameters for TensorBoard's HParams dashboard (with a folder `tensorboard`).
         progress: a progress bar (None: only in a terminal).
         progress_per: the bar's span, "epoch" or "run".
         nan_guard: stop on a NaN/Inf loss (exit status 1), keeping the last good checkpoint.
-        max_iterations: stop (and save) after this iteration, counted over the whole run.
+        max_iterations: stop (and save) after this iteration, counted over the whole run (as many as done: nothing).
         output_transform: picks the loss out of the trainer's output for TensorBoard and the bar.
         resume_hint: how the messages tell the user to continue a run ("--resume" in `ember train`).
         show_plan: print the trainer's plan (`Engine.describe`) once every handler is attached, before training.
@@ -89,24 +71,18 @@ def fit(
     Returns:
         A `RunResult`; `exit_status` is 0 (finished, or nothing to do), 1 (NaN/Inf loss) or 128 + the signal.
     """
-    hint = resume_hint
     run = checkpoint_dir if isinstance(checkpoint_dir, RunFolder) else place(checkpoint_dir, run_id=run_id)
     try:
         objects = {**(objects or {}), "trainer": trainer}
         record = RunRecord(run.run_id, {**(config or {}), "max_epochs": max_epochs})
-        resumed = _resume(trainer, run, objects, record, resume, {*may_differ, "max_epochs"}, hint)
+        resumed = _resume(trainer, run, objects, record, resume, {*may_differ, "max_epochs"}, resume_hint)
         logdir = tensorboard.logdir if isinstance(tensorboard, TensorBoardLogger) else (
             os.fspath(tensorboard) if tensorboard else None)
-        if resumed:
-            _check_resumed(trainer, data, run.path)
-            enough = _nothing_to_do(trainer.state, run.path, max_epochs, max_iterations)
-            if enough:
-                return RunResult(0, enough == "epochs" or finished(trainer.state),
-                                 "max_iterations" if enough == "max_iterations" else None, record.run_id, run.path,
-                                 logdir, resumed)
-        elif logdir and _holds_events(logdir):
-            raise RunError(f"tensorboard={logdir!r} already holds the TensorBoard events of another run; a new run "
-                           "needs a folder of its own (its events would be purged)", setting="logdir")
+        enough = _check_start(trainer, data, run.path, resumed, logdir, max_epochs, max_iterations)
+        if enough:
+            return RunResult(0, enough == "epochs" or finished(trainer.state),
+                             "max_iterations" if enough == "max_iterations" else None, record.run_id, run.path,
+                             logdir, resumed)
         objects[RUN_KEY] = record
         _say(f"ember: run {record.run_id}: checkpoints go to {run.path}, {_logs(logdir)}", err=True)
         wiring = _wire(trainer, objects, run.path, checkpoint_every=checkpoint_every, keep_last=keep_last,
@@ -116,10 +92,23 @@ def fit(
         if show_plan:
             _say(trainer.describe())
         _run(trainer, data, max_epochs, wiring.stop)
-        return _report(trainer.state, wiring, run, record.run_id, logdir, resumed, max_iterations, hint)
+        return _report(trainer.state, wiring, run, record.run_id, logdir, resumed, max_iterations, resume_hint)
     finally:
         if run is not checkpoint_dir:
             run.close()
+
+
+def _check_start(trainer: Engine, data: Iterable, folder: str, resumed: str | None, logdir: str | None,
+                 max_epochs: int, max_iterations: int | None) -> str | None:
+    """Before wiring: a resumed run's data must fit its checkpoint, and it may have nothing to do (returned:
+    "epochs" or "max_iterations"); a new run must not log into another run's TensorBoard folder."""
+    if resumed:
+        _check_resumed(trainer, data, folder)
+        return _nothing_to_do(trainer.state, folder, max_epochs, max_iterations)
+    if logdir and _holds_events(logdir):
+        raise RunError(f"tensorboard={logdir!r} already holds the TensorBoard events of another run; a new run "
+                       "needs a folder of its own (its events would be purged)", setting="logdir")
+    return None
 
 
 def _plural(n: int, word: str) -> str:
