@@ -7,9 +7,10 @@
   recorded inside each), `checkpoint` (the one a resume loads) and `record` (the run record saved in it,
   `{"run_id", "config"}`, read through the checkpoint format's own verified reader). `RunFolder.open(path,
   file=...)` resumes from exactly that file.
-- `lock()` takes an OS file lock (`fcntl.flock`) on `<folder>/.lock` for the whole run; the kernel releases it
-  when the process dies, so a crash never leaves it stuck. A second run on the same folder gets a `RunError`
-  naming the pid that holds it.
+- `lock()` takes an OS file lock (`fcntl.flock`) on `<folder>/.lock` for the whole run (the file is removed
+  when the run ends); the kernel releases it when the process dies, so a crash never leaves it stuck. A
+  second run on the same folder gets a `RunError` naming the pid that holds it. `place` does this for every
+  rank of a torchrun job (rank 0 creates and locks; every rank raises its refusal).
 - `restore(objects)` loads the chosen checkpoint (falling back past a damaged one, as `resume_latest` does);
   `close()` lets go of the lock and removes a folder this run created but never saved into.
 """
@@ -152,7 +153,8 @@ class RunFolder:
         return differing(self.record.get("config", {}), config, may_differ)
 
     def lock(self) -> None:
-        """Hold an exclusive OS lock on `<folder>/.lock` until `close` (or the process's death).
+        """Hold an exclusive OS lock on `<folder>/.lock` (holding this process's pid) until `close`, or the
+        process's death: the kernel lets go of it, so a killed run never leaves it stuck.
 
         Raises:
             RunError: another live process holds it (the message names its pid).
@@ -160,14 +162,21 @@ class RunFolder:
         if self._lock_fd is not None or fcntl is None:
             return
         name = os.path.join(self.path, LOCK_NAME)
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunError(f"{self.path} is in use by another run (pid {holder}); wait for it to end, or use "
+                               "another folder", setting="checkpoint_dir") from None
+            try:
+                if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                    break  # still the file under that name (its last holder did not just remove it)
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise RunError(f"{self.path} is in use by another run (pid {holder}); wait for it to end, or use "
-                           "another folder", setting="checkpoint_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -181,16 +190,16 @@ class RunFolder:
         return resume_from(self.path, list(self.candidates), list(self.problems), objects)
 
     def close(self) -> None:
-        """Let go of the lock; a folder this run created and never saved into is removed."""
-        if self.created:
-            with contextlib.suppress(OSError):
-                if set(os.listdir(self.path)) <= {LOCK_NAME}:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.path, LOCK_NAME))
-                    os.rmdir(self.path)
+        """Let go of the lock (its file removed while still held); a folder this run created and never saved
+        into is removed."""
         if self._lock_fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, LOCK_NAME))
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)  # only when empty
 
 
 def place(path: str | os.PathLike[str] | RunFolder | None, *, root: str = "checkpoints",
