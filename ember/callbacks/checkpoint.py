@@ -36,7 +36,7 @@ from ember.checkpoint.handler_states import HandlerStates
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 from ember.utils import checks
-from ember.utils.atomic import TMP_PREFIX
+from ember.utils.atomic import TMP_PREFIX, remove_stale_temp_files
 from ember.utils.rng import get_rng_state
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TMP_PREFIX", "Checkpoint", "CheckpointError", "CorruptCheckpointError"]
@@ -140,7 +140,7 @@ class Checkpoint:
             self.objects["trainer"] = engine
         if dist.is_main():
             self.folder.make()
-            self.folder.remove_stray_temp_files()
+            remove_stale_temp_files(self.dirname)
         scaler = getattr(engine, "scaler", None)
         if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
             self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler

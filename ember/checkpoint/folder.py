@@ -22,11 +22,10 @@ import torch
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, RecordingFile, listed, read
 from ember.checkpoint.safety import probe
 from ember.utils.atomic import TMP_PREFIX, atomically, link_atomic
-from ember.utils.files import disk_full, pid_alive
+from ember.utils.files import disk_full
 
 _REGULAR_RE = re.compile(r"^(?P<prefix>.+)_(?P<step>\d{9,})\.pt$")
 _BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+)\.pt$")
-_TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 
 
 def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
@@ -156,18 +155,6 @@ class CheckpointFolder:
                 f"cannot use {self.dirname} as the checkpoint folder: {why}; choose a folder that can be created "
                 "and written"
             ) from None
-
-    def remove_stray_temp_files(self) -> None:
-        """Delete the temp files of processes that no longer run (killed while saving), and this process's."""
-        for name in os.listdir(self.dirname):
-            match = _TMP_RE.match(name)
-            if match is None:
-                continue
-            pid = int(match.group("pid"))
-            if pid != os.getpid() and pid_alive(pid):
-                continue  # another live process may be writing it right now
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.dirname, name))
 
     def qualifies(self, score: float | None) -> bool:
         """Whether a file with `score` belongs among the best `keep_best` (a NaN/Inf or missing score never does)."""

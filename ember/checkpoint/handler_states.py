@@ -9,19 +9,15 @@ from typing import Any
 from torch import nn, optim
 
 from ember.engine import Engine, Events
-from ember.engine.order import FIRST
+from ember.engine.order import FIRST, unwrap
 
 
 def registered_handlers(engine: Any) -> Iterator[Any]:
-    """Every handler callable attached to `engine` (ember's or Ignite's), in event order then attachment order.
-
-    Ignite wraps a handler attached to a filtered event in a function holding a weak reference to it
-    (`_parent`); the handler itself is yielded.
-    """
+    """Every handler callable attached to `engine` (ember's or Ignite's), in event order then attachment order;
+    a handler attached to a filtered event is yielded itself, not its wrapper (`unwrap`)."""
     for entries in list(engine._event_handlers.values()):
         for fn, *_ in list(entries):
-            parent = getattr(fn, "_parent", None)
-            yield parent() if callable(parent) else fn
+            yield unwrap(fn)[0]
 
 
 def _owner(fn: Any) -> Any:
