@@ -32,7 +32,7 @@ from ember.checkpoint.format import (
     listed,
     make_payload,
 )
-from ember.checkpoint.handler_states import HandlerStates
+from ember.checkpoint.handler_states import implicit_objects
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 from ember.utils import checks
@@ -141,11 +141,7 @@ class Checkpoint:
         if dist.is_main():
             self.folder.make()
             remove_stale_temp_files(self.dirname)
-        scaler = getattr(engine, "scaler", None)
-        if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
-            self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
-        if self.save_handlers and "handlers" not in self.objects:
-            self.objects["handlers"] = HandlerStates(engine, exclude=list(self.objects.values()))
+        self.objects.update(implicit_objects(engine, self.objects, handlers=self.save_handlers))
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
         if self.every_iterations is not None:

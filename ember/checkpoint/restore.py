@@ -22,7 +22,7 @@ from ember import distributed as dist
 from ember.checkpoint.finite import float_tensors, non_finite
 from ember.checkpoint.folder import candidates, skipping
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
-from ember.checkpoint.handler_states import HandlerStates
+from ember.checkpoint.handler_states import implicit_objects
 from ember.engine import Engine
 from ember.utils.rng import rng_state_problem, set_rng_state
 
@@ -43,7 +43,8 @@ def load(
     path = os.fspath(path)
     payload = read(path)
     saved = payload["objects"]
-    objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    objects = {**objects, **implicit_objects(engine, objects, saved=saved)}
     states = _checked_states(path, objects, saved, strict)
     bad = _unusable(path, payload, objects, states, restore_rng)
     if bad:
@@ -215,28 +216,6 @@ def _load_one(obj: Any, state: Any, strict: bool) -> None:
         _load_optimizer(obj, state)
     else:
         obj.load_state_dict(state)
-
-
-def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`objects` plus the GradScaler of an engine among them, under the name `attach` saved it as, if saved."""
-    extra: dict[str, Any] = {}
-    for obj in objects.values():
-        scaler = getattr(obj, "scaler", None) if isinstance(obj, Engine) else None
-        if isinstance(scaler, torch.amp.GradScaler) and not any(o is scaler for o in objects.values()):
-            name = "scaler" if "scaler" not in objects else "trainer_scaler"
-            if name in saved:
-                extra[name] = scaler
-    return {**objects, **extra} if extra else objects
-
-
-def _with_engine_handlers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`objects` plus a HandlerStates of the engine among them, when the file holds handler states."""
-    if "handlers" not in saved or "handlers" in objects:
-        return objects
-    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
-    if engine is None:
-        return objects
-    return {**objects, "handlers": HandlerStates(engine, exclude=list(objects.values()))}
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Any], own_keys: set[str]) -> Mapping[str, Any]:
