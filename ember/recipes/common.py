@@ -7,11 +7,10 @@ A recipe file imports `Recipe` and `RunContext` from here; the flags are `ember.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +21,6 @@ from ember import distributed as dist
 from ember.callbacks import TensorBoardLogger
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
-from ember.callbacks.graceful_stop import GracefulStop
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.flags import MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
@@ -30,7 +28,7 @@ from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import RunError, RunFolder, fit, place
 from ember.steps import create_evaluator, create_trainer
 
-__all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
+__all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "seed_everything", "select_device"]
 
 
 def select_device(choice: str) -> torch.device:
@@ -192,15 +190,6 @@ class RunContext:
         """Every flag that shapes the training (the recipe's own included), not those saying where to log."""
         flags = {k: v for k, v in vars(self.args).items() if k not in NOT_HPARAMS}
         return {"recipe": self.recipe.name, **{k: "none" if v is None else v for k, v in flags.items()}}
-
-
-@contextlib.contextmanager
-def graceful_stop(trainer: Engine) -> Iterator[GracefulStop]:
-    """`GracefulStop` attached to `trainer` and installed for the block (kept for scripts that used it)."""
-    stop = GracefulStop()
-    trainer.add(stop)
-    with stop:
-        yield stop
 
 
 def _paired_logdir(recipe: str, run: RunFolder) -> str:
