@@ -114,11 +114,11 @@ class RunFolder:
             except FileExistsError:
                 created = False
             except OSError as exc:
-                raise RunError(f"cannot use {path} as the run's folder: {exc.strerror or exc}",
-                               setting="checkpoint_dir") from None
+                raise RunError(f"cannot use {path} as the checkpoint folder: {exc.strerror or exc}; choose a "
+                               "folder that can be created and written", setting="checkpoint_dir") from None
         elif not os.path.isdir(path):
-            raise RunError(f"cannot use {path} as the run's folder: it is a file, not a folder",
-                           setting="checkpoint_dir")
+            raise RunError(f"cannot use {path} as the checkpoint folder: it is a file, not a folder; choose a "
+                           "folder that can be created and written", setting="checkpoint_dir")
         run = cls(path, run_id or os.path.basename(os.path.normpath(path)), created=created)
         if file is not None:
             file = os.fspath(file)
