@@ -93,9 +93,10 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
                    help="also checkpoint every ITERS iterations (default: at the end of each epoch)")
     p.add_argument("--keep-last", type=_positive_int, default=2, help="checkpoints to keep")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue the newest run of this recipe (or the run in folder RUN, or in --checkpoint-dir) "
-                        "with its flags; a flag given again must match, except --epochs and others that only say "
-                        "how long, where or how visibly it runs")
+                   help="continue the newest run of this recipe (or --checkpoint-dir's, or RUN: a run id, a run "
+                        "folder, a checkpoint file or the run's TensorBoard folder) with its flags; a flag given "
+                        "again must match, except --epochs and others that only say how long, where or how visibly "
+                        "it runs")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the model (optionally with a mode, e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--cuda-graph", action="store_true",
