@@ -8,6 +8,7 @@ loading them all-or-nothing is `ember.checkpoint.restore`.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from ember.callbacks.evaluate import EvalEvents
 from ember.callbacks.terminate_on_nan import pending_non_finite
 from ember.checkpoint import folder as files
 from ember.checkpoint import restore
+from ember.checkpoint.async_writer import AsyncWriter, HostSnapshot
 from ember.checkpoint.finite import modules_non_finite
 from ember.checkpoint.folder import CheckpointFolder
 from ember.checkpoint.format import (
@@ -63,6 +65,13 @@ class Checkpoint:
     the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
     saved as "handlers" and restored on resume (`HandlerStates`). Its `order` runs it after the handlers of the
     same event that compute what it saves or monitors, whenever they were attached.
+
+    With `async_save=True` a save only copies what it would write into host memory (a snapshot, reused from
+    save to save) and training goes on while a background thread writes the file exactly as a synchronous
+    save does; `save` then returns None and `last_path` names the file once written (`wait()`). At most one
+    save is in flight: the next one waits for it. A background write that fails raises its `CheckpointError`
+    at the next iteration, as a synchronous save would have raised it in its own; the end of a run, a
+    terminate and an exception wait for the save in flight.
     """
 
     order = order_levels.CHECKPOINT
@@ -83,6 +92,7 @@ class Checkpoint:
         include_rng: bool = True,
         save_on_exception: bool = False,
         save_handlers: bool = True,
+        async_save: bool = False,
     ) -> None:
         if not isinstance(objects, Mapping) or not objects:
             raise TypeError("objects must be a non-empty dict of name -> object with state_dict/load_state_dict")
@@ -127,6 +137,10 @@ class Checkpoint:
         self._fresh_score: tuple[int, float | None] | None = None  # (iteration, score) of the last evaluation
         self._score = Score(monitor)
         self._warned_refusal = False  # refusals to save are reported once: one NaN would refuse them all
+        self.async_save = async_save
+        self._writer = AsyncWriter() if async_save else None
+        self._snapshot = HostSnapshot()
+        self._memory_reported = False
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -142,6 +156,8 @@ class Checkpoint:
             self.folder.make()
             remove_stale_temp_files(self.dirname)
         self.objects.update(implicit_objects(engine, self.objects, handlers=self.save_handlers))
+        if self._writer is not None:  # before the saves of the same event: a failed write is reported first
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._report_failed_write)
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
         if self.every_iterations is not None:
@@ -150,6 +166,10 @@ class Checkpoint:
             engine.add_event_handler(Events.COMPLETED, self._on_event)
         if self.save_on_exception:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+        if self._writer is not None:
+            engine.add_event_handler(Events.COMPLETED, self._wait_at_end)
+            if not self.save_on_exception:
+                engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
         if self.keep_best:
             engine.add_event_handler(Events.STARTED, self._find_evaluation)
             engine.add_event_handler(Events.COMPLETED, self._check_monitor_found)
@@ -159,6 +179,19 @@ class Checkpoint:
 
     @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
+        try:
+            failed_write = self._writer is not None and exc is self._writer.reported
+            if self.save_on_exception and not failed_write:  # a failed write is not tried again
+                self._save_after(engine, exc)
+        finally:
+            if self._writer is not None:
+                try:
+                    self._writer.wait()
+                except Exception as err:
+                    warnings.warn(f"Checkpoint: the background save in flight failed: {err}", RuntimeWarning,
+                                  stacklevel=2)
+
+    def _save_after(self, engine: Engine, exc: BaseException) -> None:
         if engine.state.output is None:
             # The engine clears the output after fetching a batch and sets it when the step returns: the
             # exception came before this run's first step, or interrupted iteration `iteration` (maybe half-way
@@ -179,9 +212,43 @@ class Checkpoint:
                 f"could not save a checkpoint after {type(exc).__name__}: {err}", RuntimeWarning, stacklevel=2
             )
 
+    # ------------------------------------------------------------------ saving in the background
+    def wait(self) -> str | None:
+        """Wait for the background save in flight (async_save) and return `last_path`; raises its
+        CheckpointError if it failed. A no-op returning `last_path` for synchronous saves."""
+        if self._writer is not None:
+            self._writer.wait()
+        return self.last_path
+
+    def _report_failed_write(self, engine: Engine) -> None:
+        """At each iteration: a background write that failed stops the run as a failed synchronous save does."""
+        self._writer.raise_failure()  # type: ignore[union-attr]
+
+    def _wait_at_end(self, engine: Engine) -> None:
+        self.wait()
+
+    def _written(self, path: str) -> None:
+        self.last_path = path
+
+    def _submit(self, payload: dict[str, Any], write: Callable[[dict[str, Any]], str]) -> None:
+        """Copy `payload` into the host snapshot and hand it to the background writer."""
+        snapshot = self._snapshot.take(payload)
+        if not self._memory_reported:
+            self._memory_reported = True
+            pinned = " (pinned)" if self._snapshot.pinned else ""
+            print(f"Checkpoint: asynchronous saves hold a snapshot of {self._snapshot.nbytes / 2**20:,.1f} MiB in "
+                  f"host memory{pinned}, reused by every save", file=sys.stderr, flush=True)
+
+        def write_snapshot(state: dict[str, Any]) -> str:
+            self._snapshot.ready()
+            return write(state)
+
+        self._writer.submit(snapshot, write_snapshot, self._written)  # type: ignore[union-attr]
+
     # ------------------------------------------------------------------ saving
     def save(self, engine: Engine | None = None, *, barrier: bool = True) -> str | None:
-        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written.
+        """Save now (rank 0 only; other ranks wait); returns the path written, or None if nothing was written
+        (always None with async_save: the write is under way; `wait()` returns the path once it is written).
 
         With an Evaluate attached, best files are made after its evaluations instead (see the class doc)."""
         engine = engine if engine is not None else self.engine
@@ -233,6 +300,8 @@ class Checkpoint:
             score = self._fresh_score[1] if fresh else None  # a score of other weights is not recorded
         else:
             score = self._score.read(engine)
+        if self._writer is not None:
+            self._writer.wait()  # one save in flight at most; the folder's lists are the writer's until then
         folder = self.folder
         folder.make()
         if not folder.adopted:
@@ -249,6 +318,9 @@ class Checkpoint:
             objects={name: self._state_of(obj) for name, obj in self.objects.items()},
             rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
         )
+        if self._writer is not None:
+            self._submit(payload, lambda state: folder.write(state, targets, regular="regular" in kinds, best=best))
+            return None
         self.last_path = folder.write(payload, targets, regular="regular" in kinds, best=best)
         return self.last_path
 

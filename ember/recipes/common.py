@@ -147,6 +147,7 @@ class RunContext:
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=self.run,
                 resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,

@@ -92,6 +92,9 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="ITERS",
                    help="also checkpoint every ITERS iterations (default: at the end of each epoch)")
     p.add_argument("--keep-last", type=_positive_int, default=2, help="checkpoints to keep")
+    p.add_argument("--async-checkpoint", action="store_true",
+                   help="save checkpoints in the background: a save copies the state into host memory (about the "
+                        "checkpoint's size) and training goes on while it is written")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue the newest run of this recipe (or --checkpoint-dir's, or RUN: a run id, a run "
                         "folder, a checkpoint file or the run's TensorBoard folder) with its flags; a flag given "
@@ -134,7 +137,7 @@ FLAGS: dict[str, Role] = {
     "data_root": WATCHING, "data_path": RUNTIME, "num_workers": RUNTIME,
     "progress": INVOCATION, "logdir": WATCHING, "tensorboard": WATCHING, "log_every": WATCHING,
     "images": WATCHING, "histograms": WATCHING, "graph": WATCHING,
-    "checkpoint_dir": INVOCATION, "checkpoint_every": WATCHING, "keep_last": WATCHING,
+    "checkpoint_dir": INVOCATION, "checkpoint_every": WATCHING, "keep_last": WATCHING, "async_checkpoint": WATCHING,
     "resume": Role(adopted=False, may_differ=True, hparam=False, saved=False),
     "compile": RUNTIME, "cuda_graph": RUNTIME, "channels_last": RUNTIME,
     "show_plan": INVOCATION, "max_iterations": INVOCATION,

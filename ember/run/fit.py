@@ -31,7 +31,7 @@ def fit(
     trainer: Engine, data: Iterable, *, max_epochs: int, objects: Mapping[str, Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | RunFolder | None = None, resume: bool = False,
     config: Mapping[str, Any] | None = None, may_differ: Iterable[str] = MAY_DIFFER, run_id: str | None = None,
-    checkpoint_every: int | None = None, keep_last: int = 2,
+    checkpoint_every: int | None = None, keep_last: int = 2, async_checkpoint: bool = False,
     tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None, hparams: Mapping[str, Any] | None = None,
     progress: bool | None = None, progress_per: Literal["epoch", "run"] = "epoch", nan_guard: bool = True,
     max_iterations: int | None = None, output_transform: Callable[[Any], Any] | None = None,
@@ -57,6 +57,8 @@ def fit(
         run_id: the id of a new run (default: the folder's name); a resumed run keeps its saved id.
         checkpoint_every: also save every this many iterations (always at each epoch's end and at the end).
         keep_last: checkpoint files to keep.
+        async_checkpoint: save in the background (`Checkpoint(async_save=True)`): a save copies the state into
+            host memory and training goes on while a thread writes it; a stop waits for the save in flight.
         tensorboard: the run's TensorBoard folder or a `TensorBoardLogger` for it (None: none); a resumed run
             continues it, a new run refuses one holding events. Hparams are written when the run finishes.
         hparams: the hyperparameters for TensorBoard's HParams dashboard (with a folder `tensorboard`).
@@ -86,9 +88,9 @@ def fit(
         objects[RUN_KEY] = record
         _say(f"ember: run {record.run_id}: checkpoints go to {run.path}, {_logs(logdir)}", err=True)
         wiring = _wire(trainer, objects, run.path, checkpoint_every=checkpoint_every, keep_last=keep_last,
-                       nan_guard=nan_guard, tensorboard=tensorboard, logdir=logdir, hparams=hparams,
-                       progress=progress, progress_per=progress_per, max_iterations=max_iterations,
-                       output_transform=output_transform)
+                       async_checkpoint=async_checkpoint, nan_guard=nan_guard, tensorboard=tensorboard,
+                       logdir=logdir, hparams=hparams, progress=progress, progress_per=progress_per,
+                       max_iterations=max_iterations, output_transform=output_transform)
         if show_plan:
             _say(trainer.describe())
         _run(trainer, data, max_epochs, wiring.stop)
@@ -208,14 +210,15 @@ class _Wiring:
 
 
 def _wire(trainer: Engine, objects: dict[str, Any], folder: str, *, checkpoint_every: int | None, keep_last: int,
-          nan_guard: bool, tensorboard: str | os.PathLike[str] | TensorBoardLogger | None, logdir: str | None,
-          hparams: Mapping[str, Any] | None, progress: bool | None, progress_per: Literal["epoch", "run"],
-          max_iterations: int | None, output_transform: Callable[[Any], Any] | None) -> _Wiring:
+          async_checkpoint: bool, nan_guard: bool, tensorboard: str | os.PathLike[str] | TensorBoardLogger | None,
+          logdir: str | None, hparams: Mapping[str, Any] | None, progress: bool | None,
+          progress_per: Literal["epoch", "run"], max_iterations: int | None,
+          output_transform: Callable[[Any], Any] | None) -> _Wiring:
     """Attach the NaN guard, the checkpoints, TensorBoard, the progress bar, max_iterations and the stop."""
     if nan_guard:
         trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                                   keep_last=keep_last, save_on_exception=True))
+                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint))
     logger = None
     if isinstance(tensorboard, TensorBoardLogger):
         logger = trainer.add(tensorboard)

@@ -14,8 +14,8 @@ RUN_KEY = "run"  # the entry of the saved objects that holds the run's identity 
 # Settings a resumed run may change honestly: how long it goes on, where and how fast it runs, what it shows.
 MAY_DIFFER = frozenset({
     "max_epochs", "epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard", "checkpoint_every",
-    "keep_last", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile", "cuda_graph",
-    "channels_last", "show_plan", "log_every", "images", "histograms", "graph",
+    "keep_last", "async_checkpoint", "max_iterations", "device", "num_workers", "data_root", "data_path", "compile",
+    "cuda_graph", "channels_last", "show_plan", "log_every", "images", "histograms", "graph",
 })  # fmt: skip
 
 

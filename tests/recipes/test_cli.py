@@ -150,9 +150,9 @@ def test_every_flag_has_one_role_and_the_sets_are_derived_from_it():
     assert NOT_ADOPTED == {"checkpoint_dir", "resume", "progress", "show_plan", "max_iterations", "device"}
     assert NOT_SAVED == {"resume"}
     assert NOT_HPARAMS == {"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
-                           "resume", "progress", "show_plan", "max_iterations", "log_every", "images",
-                           "histograms", "graph"}
+                           "async_checkpoint", "resume", "progress", "show_plan", "max_iterations", "log_every",
+                           "images", "histograms", "graph"}
     assert MAY_DIFFER == {"epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard",
-                          "checkpoint_every", "keep_last", "max_iterations", "device", "num_workers", "data_root",
-                          "data_path", "compile", "cuda_graph", "channels_last", "show_plan", "log_every", "images",
-                          "histograms", "graph"}
+                          "checkpoint_every", "keep_last", "async_checkpoint", "max_iterations", "device",
+                          "num_workers", "data_root", "data_path", "compile", "cuda_graph", "channels_last",
+                          "show_plan", "log_every", "images", "histograms", "graph"}

@@ -81,7 +81,8 @@ def test_a_folder_that_cannot_be_written(root, tmp_path, which):
     assert "Epoch" not in out, "training must not start"
 
 
-def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, monkeypatch, background):
     real_save = torch.save
     saves = []
 
@@ -96,7 +97,8 @@ def test_full_disk_during_a_save_keeps_the_earlier_checkpoints(root, tmp_path, m
 
     folder = tmp_path / "ckpt"
     monkeypatch.setattr(torch, "save", full_disk)
-    code, out, err = run_cli(lenet_argv(root, folder, "--checkpoint-every", "2", "--keep-last", "5"))
+    flags = ["--async-checkpoint"] if background else []  # the background write's failure: the same one line
+    code, out, err = run_cli(lenet_argv(root, folder, "--checkpoint-every", "2", "--keep-last", "5", *flags))
     line = one_error(code, err)
     assert f"could not write checkpoint {folder / 'checkpoint_000000006.pt'} at iteration 6" in line, line
     assert "No space left on device" in line and "earlier checkpoints are untouched" in line

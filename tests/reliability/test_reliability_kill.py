@@ -6,7 +6,8 @@ through writing the temp file, before the rename, between the rename and the evi
 under three keep settings (keep-last 1; keep-last 1 + best-2 by a score with NaN/Inf; best-1 only). After
 each kill every file with a checkpoint's name loads whole, `Checkpoint.latest` finds the newest save that
 had returned, and the next run resumes from it and removes the dead run's temp files; the runs that finish
-equal an uninterrupted run bit for bit.
+equal an uninterrupted run bit for bit. The campaign and the fsync order run twice: with synchronous saves and
+with `async_save=True`, where the kills stop the background writer thread while training goes on.
 """
 
 from __future__ import annotations
@@ -44,16 +45,19 @@ TOTAL_ITERATIONS = 32
 class KillServer:
     """Drives kill_server.py: one forked run per `start`."""
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: Child, background: bool = False) -> None:
         self.child = child
+        self.background = background
 
     def start(self, dirname: Path, config: str, **cmd: object) -> tuple[int, dict]:
+        cmd = {"async": self.background, **cmd}
         self.child.send({"dir": str(dirname), "config": config, **cmd})
         pid = self.child.events(ev="child")["pid"]
         return pid, self.child.events(ev="started", pid=pid)
 
-    def finish(self, dirname: Path, config: str, out: Path) -> dict:
-        pid, _ = self.start(dirname, config, out=str(out))
+    def finish(self, dirname: Path, config: str, out: Path, background: bool | None = None) -> dict:
+        pid, _ = self.start(dirname, config, out=str(out),
+                            **({"async": background} if background is not None else {}))
         self.child.events(ev="done", pid=pid)
         exit_event = self.child.events(ev="exit", pid=pid)
         assert exit_event["code"] == 0, self.child.describe()
@@ -74,12 +78,13 @@ def step_of(path: str | None) -> int | None:
     return None if path is None else int(load_payload(path)["step"])
 
 
-def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path, background):
     rng = random.Random(20240611)
     kills = 0
     with Child(python("kill_server.py"), stdin=True) as child:
-        server = KillServer(child)
-        straight = server.finish(tmp_path / "straight", "last", tmp_path / "straight.pt")
+        server = KillServer(child, background)
+        straight = server.finish(tmp_path / "straight", "last", tmp_path / "straight.pt", background=False)
         assert straight["iteration"] == TOTAL_ITERATIONS
         for config in CONFIGS:
             folder = tmp_path / config
@@ -108,6 +113,8 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path
                 saved = [e for e in map(_event, child.lines) if e.get("ev") == "saved" and e["pid"] == pid]
                 if saved:
                     newest_saved = saved[-1]["step"]
+                    writer = "ember-checkpoint-writer" if background else "MainThread"
+                    assert {e["thread"] for e in saved} == {writer}, f"{where}: written by {saved}"
                 latest = check_folder(folder)
                 if newest_saved is not None:
                     assert latest is not None, f"{where}: no checkpoint after {newest_saved} was saved"
@@ -143,7 +150,8 @@ def _tiny_trainer():
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="maps file descriptors to paths through /proc")
-def test_file_and_folder_are_fsynced_and_renamed_before_the_old_file_is_deleted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_file_and_folder_are_fsynced_and_renamed_before_the_old_file_is_deleted(tmp_path, monkeypatch, background):
     log: list[tuple[str, str]] = []
     real_fsync, real_replace, real_unlink, real_link = os.fsync, os.replace, os.unlink, os.link
 
@@ -162,15 +170,15 @@ def test_file_and_folder_are_fsynced_and_renamed_before_the_old_file_is_deleted(
     model, optimizer, trainer, data = _tiny_trainer()
     scores = iter([0.1, 0.5, 0.2, 0.9, 0.3, 0.8, 0.4, 0.7])
     ckpt = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=1, keep_last=1,
-                      monitor=lambda e: next(scores), keep_best=1)
-    real_save = ckpt.save
+                      monitor=lambda e: next(scores), keep_best=1, async_save=background)
+    real_write = ckpt.folder.write
 
-    def save(*args, **kwargs):
-        path = real_save(*args, **kwargs)
+    def write(*args, **kwargs):  # the whole save: in the training thread, or the writer's (async_save)
+        path = real_write(*args, **kwargs)
         log.append(("returned", path))
         return path
 
-    ckpt._on_event = lambda engine: save(engine)
+    ckpt.folder.write = write
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "unlink", unlink)
@@ -198,9 +206,10 @@ def test_file_and_folder_are_fsynced_and_renamed_before_the_old_file_is_deleted(
     assert sorted(os.listdir(tmp_path)) == ["best_checkpoint_000000004_score=0.9.pt", "checkpoint_000000008.pt"]
 
 
-def test_latest_uses_the_recorded_step_and_falls_back_past_a_corrupt_newest_file(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_latest_uses_the_recorded_step_and_falls_back_past_a_corrupt_newest_file(tmp_path, background):
     model, optimizer, trainer, data = _tiny_trainer()
-    trainer.add(Checkpoint({"model": model}, tmp_path, every_iterations=1, keep_last=None))
+    trainer.add(Checkpoint({"model": model}, tmp_path, every_iterations=1, keep_last=None, async_save=background))
     trainer.run(data, max_epochs=1)
     names = checkpoint_files(tmp_path)
     assert names == [f"checkpoint_{s:09d}.pt" for s in (1, 2, 3, 4)]

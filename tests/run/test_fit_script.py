@@ -42,6 +42,7 @@ def runs(tmp_path_factory):
     specs = {
         "straight": (script(base / "straight"), False),
         **{name: (script(base / name, "--pause-at", "4"), False) for name in SIGNALS},
+        "async": (script(base / "async", "--pause-at", "4", "--async-checkpoint"), False),
         "double": (script(base / "double", "--pause-at", "7", "--stuck"), True),
         "last_eval": (script(base / "last_eval", "--pause-in-last-epoch-end"), False),
         "nan": (script(base / "nan", "--nan-at", "8"), False),
@@ -87,6 +88,28 @@ def test_each_stop_signal_finishes_the_iteration_checkpoints_and_a_rerun_resumes
     for part in ("model", "optimizer", "trainer"):
         assert_same(expected["objects"][part], resumed["objects"][part], part)
     assert resumed["objects"]["run"]["config"] == {"lr": 0.1, "max_epochs": 2}
+
+
+@pytest.mark.slow
+def test_sigterm_with_async_checkpoints_waits_for_the_save_in_flight_and_resumes_exactly(runs):
+    child = runs["children"]["async"]
+    child.wait_for(lambda line: line == "PAUSE 4")
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 143, child.describe()
+    folder = runs["base"] / "async"
+    # the stop's message names the file only once the background write has finished
+    assert f"Stopped by SIGTERM at epoch 1, iteration 4; checkpoint saved in {folder}" in child.stdout, \
+        child.describe()
+    assert "Traceback" not in child.stderr and child.stderr.count("asynchronous saves hold a snapshot") == 1
+    assert final_state(folder)["step"] == 4
+    straight = runs["children"]["straight"]
+    assert straight.wait() == 0, straight.describe()
+    rerun = Child(script(folder, "--async-checkpoint"))
+    assert rerun.wait() == 0, rerun.describe()
+    resumed, expected = final_state(folder), final_state(runs["base"] / "straight")
+    assert resumed["step"] == expected["step"] == STEPS
+    for part in ("model", "optimizer", "trainer"):
+        assert_same(expected["objects"][part], resumed["objects"][part], part)
 
 
 @pytest.mark.slow

@@ -1,15 +1,17 @@
 """A fork server for test_reliability_kill.py: imports torch once, then forks one training run per command,
 so that a test can SIGKILL many runs without paying Python + torch start-up each time.
 
-Each stdin line is a JSON command {"dir", "config", "out", "hook", "hook_after", "pace"}. The forked run
-resumes from the newest checkpoint in "dir" (if any) and trains a small Dropout MLP on shuffled data,
-checkpointing every iteration with the keep-last/keep-best settings of CONFIGS[config]. With "hook", once
-"hook_after" saves have started, the run stops at that point of a save and sleeps there to be killed:
+Each stdin line is a JSON command {"dir", "config", "out", "hook", "hook_after", "pace", "async"}. The forked
+run resumes from the newest checkpoint in "dir" (if any) and trains a small Dropout MLP on shuffled data,
+checkpointing every iteration with the keep-last/keep-best settings of CONFIGS[config], in the background
+with "async" (the hooks below then stop the writer thread, and training goes on up to the next save, which
+waits for it). With "hook", once "hook_after" saves have been asked for, the run stops at that point of a
+save and sleeps there to be killed:
   write   half of the temp file written         rename   temp file complete, not yet renamed
   evict   new file renamed in, old not deleted  saved    the save has returned
 With "out", the final model and optimizer states are written there. Events go to stdout as JSON lines:
-child {pid}; started {pid, step, stray}; saved {pid, step, path}; hook {pid, kind, step}; done {pid};
-exit {pid, signal, code}.
+child {pid}; started {pid, step, stray}; saved {pid, step, path, thread} (a write has returned); hook {pid, kind,
+step}; done {pid}; exit {pid, signal, code}.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -81,7 +84,7 @@ def build() -> tuple[dict[str, Any], DeviceLoader]:
 def install_hook(kind: str | None, after: int) -> None:
     """Make the run stop (sleeping, to be killed) at `kind` of a save, from save number `after` on."""
     saves = [0]
-    current = [0]  # the step being saved
+    current = [0]  # the step being written (one write at a time, in the training or the writer thread)
     pause = 120.0
 
     def armed() -> bool:
@@ -93,17 +96,23 @@ def install_hook(kind: str | None, after: int) -> None:
 
     original_save = Checkpoint._save
 
-    def _save(self: Checkpoint, engine: Any, step: int, *args: Any) -> str | None:
+    def _save(self: Checkpoint, *args: Any) -> str | None:
         saves[0] += 1
-        current[0] = step
-        path = original_save(self, engine, step, *args)
-        if path is not None:
-            emit("saved", pid=os.getpid(), step=step, path=path)
-            if kind == "saved" and armed():
-                stop_here(step)
-        return path
+        return original_save(self, *args)
 
     Checkpoint._save = _save  # type: ignore[method-assign]
+
+    original_write = CheckpointFolder.write
+
+    def write(self: CheckpointFolder, payload: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        current[0] = step = payload["step"]
+        path = original_write(self, payload, *args, **kwargs)
+        emit("saved", pid=os.getpid(), step=step, path=path, thread=threading.current_thread().name)
+        if kind == "saved" and armed():
+            stop_here(step)
+        return path
+
+    CheckpointFolder.write = write  # type: ignore[method-assign]
 
     original_torch_save = torch.save
 
@@ -144,7 +153,8 @@ def run(cmd: dict[str, Any]) -> None:
     trainer = objects["trainer"]
     Checkpoint.resume_latest(cmd["dir"], objects)
     stray = temp_files(cmd["dir"])
-    trainer.add(Checkpoint(objects, cmd["dir"], every_iterations=1, **CONFIGS[cmd["config"]]))
+    trainer.add(Checkpoint(objects, cmd["dir"], every_iterations=1, async_save=bool(cmd.get("async")),
+                           **CONFIGS[cmd["config"]]))
     # attach removed the temp files of dead processes: report what it left, for the test to check
     left = temp_files(cmd["dir"])
     emit("started", pid=os.getpid(), step=trainer.state.iteration, stray=stray, left=left)

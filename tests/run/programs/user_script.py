@@ -29,6 +29,7 @@ parser.add_argument("--pause-at", type=int, default=None)
 parser.add_argument("--stuck", action="store_true")
 parser.add_argument("--pause-in-last-epoch-end", action="store_true")
 parser.add_argument("--nan-at", type=int, default=None)
+parser.add_argument("--async-checkpoint", action="store_true")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -62,6 +63,7 @@ if args.pause_in_last_epoch_end:
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=args.epochs), pause)
 
 result = ember.fit(trainer, loader, max_epochs=args.epochs, objects={"model": model, "optimizer": optimizer},
-                   checkpoint_dir=args.folder, resume=True, config={"lr": args.lr}, progress=False)
+                   checkpoint_dir=args.folder, resume=True, config={"lr": args.lr}, progress=False,
+                   async_checkpoint=args.async_checkpoint)
 print(f"RESULT {result.exit_status} finished={result.finished} reason={result.stop_reason}", flush=True)
 raise SystemExit(result.exit_status)
