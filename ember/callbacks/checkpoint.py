@@ -137,6 +137,11 @@ class Checkpoint:
         self._fresh_score: tuple[int, float | None] | None = None  # (iteration, score) of the last evaluation
         self._score = Score(monitor)
         self._warned_refusal = False  # refusals to save are reported once: one NaN would refuse them all
+        self._started = False
+        self._epoch_end_began_at: int | None = None  # the iteration of the epoch end now running, if any
+        self._ended_at: int | None = None  # the iteration whose epoch end (through this handler's order) ran
+        self._written_score: tuple[int, float | None] | None = None  # (iteration, score) of the last file
+        self._before_end: dict[str, Any] | None = None  # the payload as the epoch end began (save_on_exception)
         self.async_save = async_save
         self._writer = AsyncWriter() if async_save else None
         self._snapshot = HostSnapshot()
@@ -155,7 +160,12 @@ class Checkpoint:
         if dist.is_main():
             self.folder.make()
             remove_stale_temp_files(self.dirname)
+            if engine.state.iteration and not self.folder.adopted:  # resumed: files a kill kept from eviction
+                self.folder.tidy(engine.state.iteration)
         self.objects.update(implicit_objects(engine, self.objects, handlers=self.save_handlers))
+        engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_end_began)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_end)
         if self._writer is not None:  # before the saves of the same event: a failed write is reported first
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._report_failed_write)
         if self.every_epochs is not None:
@@ -177,6 +187,47 @@ class Checkpoint:
     def _on_event(self, engine: Engine) -> None:
         self.save(engine)
 
+    # ------------------------------------------------------------------ the end of an epoch
+    # A file saved at an epoch's last iteration before the epoch's end ran (by every_iterations, a stop at
+    # that iteration, or a handler raising in the epoch end) records `epoch_end_pending`, and loading it has the
+    # trainer run that end first. When the end then runs here, the file is written again with it.
+    def _on_started(self, engine: Engine) -> None:
+        self._started = True
+        if not getattr(engine.state, "epoch_end_pending", False):  # a fresh run, or one resumed after its epoch end
+            self._ended_at = engine.state.iteration
+
+    def _epoch_end_began(self, engine: Engine) -> None:
+        """Note that the epoch's end runs; with save_on_exception, take the state as it is before it (the
+        state_dicts: references to the tensors, copies of the counters, LRs and handler states), to save should
+        one of its handlers raise before this handler's turn."""
+        step = engine.state.iteration
+        self._epoch_end_began_at = step
+        self._before_end = None
+        if self.save_on_exception and self.keep_last != 0 and dist.is_main() and self._refusal(engine) is None \
+                and not (self._step == step and "regular" in self._step_kinds):
+            self._before_end = self._payload(engine, step, None, None, epoch_end_pending=True)
+
+    _epoch_end_began.order = order_levels.FIRST  # type: ignore[attr-defined]
+
+    def _on_epoch_end(self, engine: Engine) -> None:
+        """The handlers of the epoch's end whose state a file holds have run: write this iteration's regular
+        file again if it was written before them."""
+        step = engine.state.iteration
+        written_before = self._step == step and "regular" in self._step_kinds
+        self._ended_at = step
+        if written_before:
+            self._step_kinds.discard("regular")
+            self._write(engine, regular=True, best=False, barrier=True)
+
+    def _pending_epoch_end(self, engine: Engine) -> bool:
+        """Whether the trainer stands at an epoch's last iteration whose end has not run yet."""
+        state = engine.state
+        if not state.epoch_length or not state.iteration or state.iteration % state.epoch_length:
+            return False
+        if self._ended_at == state.iteration:
+            return False
+        return self._started or bool(getattr(state, "epoch_end_pending", False))
+
     @exception_observer
     def _on_exception(self, engine: Engine, exc: BaseException) -> None:
         try:
@@ -192,6 +243,34 @@ class Checkpoint:
                                   stacklevel=2)
 
     def _save_after(self, engine: Engine, exc: BaseException) -> None:
+        step = engine.state.iteration
+        if self._epoch_end_began_at == step and self._ended_at != step:
+            # Raised in the epoch's end before this handler's turn: some of its handlers ran, others did not.
+            # The file written at this iteration before the end (if any), or the state taken as the end began,
+            # resumes exactly (through that end); the state now would not.
+            before, self._before_end = self._before_end, None
+            if before is not None:
+                try:
+                    if self._writer is not None:
+                        self._writer.wait()  # the folder's lists are the writer's until then
+                    self._step, self._step_kinds = step, {"regular"}
+                    self.folder.make()
+                    if not self.folder.adopted:
+                        self.folder.adopt(step)
+                    self.last_path = self.folder.write(before, [self.folder.regular_path(step)], regular=True,
+                                                       best=False)
+                except Exception as err:
+                    warnings.warn(f"could not save a checkpoint after {type(exc).__name__}: {err}", RuntimeWarning,
+                                  stacklevel=2)
+            elif not (self._step == step and "regular" in self._step_kinds):
+                warnings.warn(
+                    f"Checkpoint: NOT saving after {type(exc).__name__}: it was raised during the end of epoch "
+                    f"{engine.state.epoch}, after some of its handlers ran. The last checkpoint "
+                    f"({self.last_path or 'none yet'}) is kept untouched",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return
         if engine.state.output is None:
             # The engine clears the output after fetching a batch and sets it when the step returns: the
             # exception came before this run's first step, or interrupted iteration `iteration` (maybe half-way
@@ -295,7 +374,9 @@ class Checkpoint:
                     RuntimeWarning, stacklevel=4,
                 )
             return None
-        if self._by_evaluation:
+        if kinds == {"regular"} and self._written_score is not None and self._written_score[0] == step:
+            score = self._written_score[1]  # written again after the epoch's end: the same weights, the same score
+        elif self._by_evaluation:
             fresh = self._fresh_score is not None and self._fresh_score[0] == step
             score = self._fresh_score[1] if fresh else None  # a score of other weights is not recorded
         else:
@@ -312,17 +393,23 @@ class Checkpoint:
             targets.append(folder.regular_path(step))
         if not targets:
             return None
-        payload = make_payload(
-            step=step, epoch=engine.state.epoch, score=score,
-            monitor=self.monitor if isinstance(self.monitor, str) else None,
-            objects={name: self._state_of(obj) for name, obj in self.objects.items()},
-            rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
-        )
+        payload = self._payload(engine, step, score, rng_ranks, epoch_end_pending=self._pending_epoch_end(engine))
+        self._written_score = (step, score)
         if self._writer is not None:
             self._submit(payload, lambda state: folder.write(state, targets, regular="regular" in kinds, best=best))
             return None
         self.last_path = folder.write(payload, targets, regular="regular" in kinds, best=best)
         return self.last_path
+
+    def _payload(self, engine: Engine, step: int, score: float | None, rng_ranks: list[dict[str, Any]] | None, *,
+                 epoch_end_pending: bool) -> dict[str, Any]:
+        return make_payload(
+            step=step, epoch=engine.state.epoch, score=score,
+            monitor=self.monitor if isinstance(self.monitor, str) else None,
+            objects={name: self._state_of(obj) for name, obj in self.objects.items()},
+            rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
+            epoch_end_pending=epoch_end_pending,
+        )
 
     def _refusal(self, engine: Engine) -> str | None:
         """Why this state must not be saved (a non-finite loss or weights), or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -84,7 +85,10 @@ class LRScheduler:
         """Record the LR just used, then step the scheduler (with the monitored metric for a plateau)."""
         self.record(engine)
         if not self.plateau:
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                if engine.state.iteration:  # steps were taken, if in another process (an epoch end on resume)
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
             return
         assert self.monitor is not None  # __init__ requires it with a plateau
         self.scheduler.step(metric(engine, self.monitor, "LRScheduler", "step"))

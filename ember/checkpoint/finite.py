@@ -12,13 +12,24 @@ from torch import nn
 from ember import distributed as dist
 
 
+def stored(t: torch.Tensor) -> torch.Tensor:
+    """The elements `t` views, each once: a view that repeats elements (an `expand`, a zero stride: 10^14
+    elements over one stored value) is checked through the span of storage it covers, so a check costs what
+    the file holds, not what the view shows."""
+    t = t.detach()
+    if t.numel() <= 1 or t.is_contiguous():
+        return t
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return t.as_strided((span,), (1,), t.storage_offset()) if span < t.numel() else t
+
+
 def all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether no tensor holds NaN or Inf, with one host sync per device: a tensor's sum is finite when all its
     values are (a reduction far cheaper than `isfinite`'s mask); a sum that is not (NaN/Inf, or an overflow)
     gets the exact check."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
-        by_device.setdefault(t.device, []).append(t.detach())
+        by_device.setdefault(t.device, []).append(stored(t))
     for ts in by_device.values():
         sums = torch.stack([t.sum().to(torch.float64) if not t.is_complex() else t.sum().abs().double() for t in ts])
         if not bool(torch.isfinite(sums).all()):
@@ -32,20 +43,32 @@ def non_finite(named: list[tuple[str, torch.Tensor]]) -> list[str]:
     """The names of the tensors in `named` that hold NaN or Inf (one sync per device when there are none)."""
     if all_finite([t for _, t in named]):
         return []
-    return [name for name, t in named if not bool(torch.isfinite(t).all())]
+    return [name for name, t in named if not bool(torch.isfinite(stored(t)).all())]
 
 
 def float_tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The floating-point (and complex) tensors in a nested state, each named by its path from `where`."""
-    if isinstance(state, torch.Tensor):
-        if state.is_floating_point() or state.is_complex():
-            yield where, state
-    elif isinstance(state, Mapping):
-        for key, value in state.items():
-            yield from float_tensors(value, f"{where}.{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from float_tensors(value, f"{where}.{i}")
+    return ((name, t) for name, t in tensors(state, where) if t.is_floating_point() or t.is_complex())
+
+
+def tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors in a nested state, each named by its path from `where`; each tensor and container is
+    visited once (by id), without recursion, so the walk is as long as the state."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(state, where)]
+    while stack:
+        value, name = stack.pop()
+        if id(value) in seen:
+            continue
+        if isinstance(value, torch.Tensor):
+            seen.add(id(value))
+            yield name, value
+        elif isinstance(value, Mapping):
+            seen.add(id(value))
+            stack.extend((v, f"{name}.{k}") for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            seen.add(id(value))
+            stack.extend((v, f"{name}.{i}") for i, v in reversed(list(enumerate(value))))
 
 
 def modules_non_finite(objects: Mapping[str, Any]) -> list[str]:

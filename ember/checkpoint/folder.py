@@ -31,7 +31,10 @@ _BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+
 def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
     """One warning line for a checkpoint file that is passed over, saying why (without the error's advice)."""
     why = str(exc).replace(f"checkpoint file {path} ", "the file ", 1)
-    for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint"):
+    why = why.replace(f"cannot load {path}; nothing was changed:", "it does not fit what is loaded:", 1)
+    why = "; ".join(line.strip() for line in why.splitlines() if line.strip()).replace(":; ", ": ")  # one line
+    for advice in (". Load an earlier checkpoint", "; delete it and load an earlier checkpoint",
+                   "; Pass strict=False to load only what matches."):
         why = why.removesuffix(advice)
     return f"skipping checkpoint {path}: {why}{then}"
 
@@ -133,6 +136,8 @@ class CheckpointFolder:
         self.regular: list[tuple[int, str]] = []
         self.best: list[tuple[float, int, str]] = []
         self.adopted = False
+        self._made = False
+        self._warned_gone = False
 
     def regular_path(self, step: int) -> str:
         """The name of the regular file of iteration `step`."""
@@ -143,7 +148,15 @@ class CheckpointFolder:
         return os.path.join(self.dirname, f"best_{self.prefix}_{step:09d}_score={score:.4g}.pt")
 
     def make(self) -> None:
-        """Create the folder; CheckpointError saying why when it cannot be (a file of that name, no rights)."""
+        """Create the folder; CheckpointError saying why when it cannot be (a file of that name, no rights). A
+        folder removed while the run goes is created again, with one warning."""
+        if self._made and not os.path.isdir(self.dirname) and not self._warned_gone:
+            self._warned_gone = True
+            warnings.warn(
+                f"the checkpoint folder {self.dirname} was removed while the run was going; it is created again "
+                "for the next checkpoints (the earlier ones are gone)", RuntimeWarning, stacklevel=3,
+            )
+        self._made = True
         try:
             os.makedirs(self.dirname, exist_ok=True)
         except OSError as exc:
@@ -195,6 +208,16 @@ class CheckpointFolder:
                 "on another disk"
             )
         return f"could not write checkpoint {path} at iteration {step}: {exc}; earlier checkpoints are untouched"
+
+    def tidy(self, step: int) -> None:
+        """At the start of a resumed run: take over the folder's files up to `step` and delete those beyond
+        keep_last / keep_best, which a kill between a save and its clean-up left."""
+        earlier = CheckpointFolder(self.dirname, self.prefix, keep_last=self.keep_last, keep_best=self.keep_best,
+                                   rank=self.rank)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # this handler's first save takes the folder over
+            earlier.adopt(step)
+        earlier.evict()
 
     def adopt(self, step: int) -> None:
         """Take over files an earlier (resumed) run left here, up to this iteration; leave later ones alone.

@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, as zipfile reads it
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _MAX_LISTED = 20
+MAX_DEPTH = 100  # containers nested deeper than this are refused: a real state_dict nests a handful of levels
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_END = object()
 
 
 class CheckpointError(Exception):
@@ -168,8 +171,61 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def structure_problem(root: Any) -> str | None:
+    """Why walking `root` could not be bounded by the file's size, or None.
+
+    One iterative pass that visits each container once (by id): containers nested more than MAX_DEPTH deep
+    (a recursive walk would overflow the stack), a container inside itself, or containers reused so often that
+    a walk by paths (as `Optimizer.load_state_dict` does) would visit far more places than the file has
+    entries: a list holding one sublist twice at each of 60 levels is 2^60 paths in 1.6 KB.
+    """
+    if not isinstance(root, _CONTAINERS):
+        return None
+    sizes: dict[int, int] = {}  # paths below each container walked, by id
+    active = {id(root)}
+    stack = [(root, iter(_children(root)))]
+    totals = [1]
+    edges = 0
+    while stack:
+        node, children = stack[-1]
+        child = next(children, _END)
+        if child is _END:
+            stack.pop()
+            active.discard(id(node))
+            size = totals.pop()
+            sizes[id(node)] = size
+            if totals:
+                totals[-1] += size
+            continue
+        edges += 1
+        key = id(child)
+        if not isinstance(child, _CONTAINERS):
+            totals[-1] += 1
+        elif key in active:
+            return f"a {type(child).__name__} in it contains itself"
+        elif key in sizes:
+            totals[-1] += sizes[key]
+        elif len(stack) >= MAX_DEPTH:
+            return f"its lists and dicts nest more than {MAX_DEPTH} levels deep"
+        else:
+            active.add(key)
+            stack.append((child, iter(_children(child))))
+            totals.append(1)
+    if sizes[id(root)] > 2 * edges + 1_000_000:
+        return (f"it reuses the same lists or dicts so that a walk through it would visit {sizes[id(root)]:.3g} "
+                f"places from {edges} entries (a file made to keep loading busy without end)")
+    return None
+
+
+def _children(node: Any) -> list[Any]:
+    return [*node.keys(), *node.values()] if isinstance(node, dict) else list(node)
+
+
 def malformed(payload: dict[str, Any]) -> str | None:
     """What is wrong with the structure of a loaded ember checkpoint, or None."""
+    problem = structure_problem(payload)
+    if problem:
+        return problem
     objects = payload.get("objects")
     if not isinstance(objects, dict):
         return "it has no 'objects' dict of saved states" if objects is None else (
@@ -184,6 +240,8 @@ def malformed(payload: dict[str, Any]) -> str | None:
         return f"its 'score' is {score!r}, not a number"
     if "rng" in payload and not isinstance(payload["rng"], dict):
         return f"its 'rng' is a {type(payload['rng']).__name__}, not a dict of generator states"
+    if not isinstance(payload.get("epoch_end_pending", False), bool):
+        return f"its 'epoch_end_pending' is {payload['epoch_end_pending']!r}, not True or False"
     ranks = payload.get("rng_ranks")
     if ranks is not None and not (isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)):
         return "its 'rng_ranks' is not a list of generator states"
@@ -193,6 +251,7 @@ def malformed(payload: dict[str, Any]) -> str | None:
 def make_payload(
     *, step: int, epoch: int, score: float | None, monitor: str | None, objects: dict[str, Any],
     rng: dict[str, Any] | None = None, rng_ranks: list[dict[str, Any]] | None = None,
+    epoch_end_pending: bool = False,
 ) -> dict[str, Any]:
     """The dict a checkpoint file holds, which `read` and `malformed` check.
 
@@ -204,6 +263,8 @@ def make_payload(
         objects: each saved object's state_dict, by name.
         rng: the process's generator states (`ember.utils.rng.get_rng_state`), when saved.
         rng_ranks: every rank's generator states under torchrun, when saved.
+        epoch_end_pending: saved at an epoch's last iteration before that epoch's end (its EPOCH_COMPLETED
+            handlers) ran: loading it has the trainer run that end first (`State.epoch_end_pending`).
     """
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -215,6 +276,7 @@ def make_payload(
         "saved_at": time.time(),
         "torch_version": str(torch.__version__),
         "objects": objects,
+        "epoch_end_pending": epoch_end_pending,
     }
     if rng is not None:
         payload["rng"] = rng

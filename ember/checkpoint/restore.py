@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
-from ember.checkpoint.finite import float_tensors, non_finite
+from ember.checkpoint.finite import float_tensors, non_finite, stored, tensors
 from ember.checkpoint.folder import candidates, skipping
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
 from ember.checkpoint.handler_states import implicit_objects
@@ -38,7 +38,9 @@ def load(
     different architecture raises CheckpointError listing missing/unexpected keys and shape mismatches),
     the optimizers' groups, the counters, the RNG states and the finiteness of weights and optimizer state
     are checked before anything changes (CorruptCheckpointError for a damaged or unusable file). Objects in
-    the file but not in `objects` are ignored (load just the model for inference). `Checkpoint.load`.
+    the file but not in `objects` are ignored (load just the model for inference). A file saved at an epoch's
+    last iteration before the epoch's end ran sets the trainer's `state.epoch_end_pending`, so its next run
+    goes through that end first. `Checkpoint.load`.
     """
     path = os.fspath(path)
     payload = read(path)
@@ -51,6 +53,9 @@ def load(
         raise CorruptCheckpointError(f"checkpoint file {path} cannot be resumed from: {bad}; nothing was changed. "
                                      "Load an earlier checkpoint")
     _apply(path, objects, states, strict)
+    trainer = objects.get("trainer")
+    if isinstance(trainer, Engine) and "trainer" in states:
+        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
@@ -61,10 +66,11 @@ def resume_latest(
 ) -> str | None:
     """Load the newest good checkpoint of `dirname` into `objects`; its path, or None if there is none.
 
-    A newest file that is damaged or cannot be resumed from (a failed checksum, a malformed structure,
-    NaN/Inf weights) is skipped, with a warning naming it and its problem, for the one before; when the
-    folder holds checkpoint files but none can be loaded, CheckpointError lists each file and its problem.
-    `Checkpoint.resume_latest`.
+    One rule for every bad file: a newest file that cannot be loaded into `objects`, whatever the reason (a
+    failed checksum, a malformed or hostile structure, NaN/Inf weights, objects or optimizer groups that are
+    not these, a state an object refuses), is skipped with one warning naming it and its problem, for the one
+    before; nothing is changed by a file that is skipped. When the folder holds checkpoint files but none
+    can be loaded, CheckpointError lists each file and its problem. `Checkpoint.resume_latest`.
     """
     dirname = os.fspath(dirname)
     paths, problems = candidates(dirname, prefix)
@@ -79,7 +85,7 @@ def resume_from(
     for path in paths:
         try:
             load(path, objects, strict=strict)
-        except CorruptCheckpointError as exc:
+        except CheckpointError as exc:
             warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=3)
             problems.append(str(exc))
             continue
@@ -146,6 +152,16 @@ def _unusable(
         problem = rng_state_problem(_rng_of_this_rank(payload))
         if problem:
             return f"the random generator states are unusable: {problem}"
+    repeated = [
+        f"{key} ({t.numel():.3g} elements stored as {stored(t).numel()})"
+        for name, state in states.items()
+        if isinstance(objects[name], (nn.Module, torch.optim.Optimizer))
+        for key, t in tensors(state, name)
+        if stored(t).numel() < t.numel()
+    ]
+    if repeated:
+        return f"{listed(repeated)} are expanded views that repeat their stored values, which no model or " \
+            "optimizer state holds"
     bad_tensors = [
         key
         for name, state in states.items()

@@ -189,11 +189,26 @@ class Engine(IgniteEngine):
         max_iters: int | None = None,
         epoch_length: int | None = None,
     ) -> State:
-        """Ignite's `run`, with ember's clearer errors for empty or non-iterable data."""
+        """Ignite's `run`, with ember's clearer errors for empty or non-iterable data; a state loaded before the
+        last epoch's end (`state.epoch_end_pending`) runs that end and COMPLETED rather than starting over."""
         if data is not None and not isinstance(data, Iterable):
             raise TypeError(f"Argument data should be iterable (a list or DataLoader of batches), got "
                             f"{type(data).__name__}")
+        state = self.state
+        if getattr(state, "epoch_end_pending", False) and max_epochs in (None, state.max_epochs) and max_iters is None \
+                and state.max_epochs is not None and self._is_done(state) and self._internal_run_generator is None:
+            # Loaded at the last iteration before the last epoch's end: run just that end (Ignite would restart).
+            state.dataloader = data
+            return self._internal_run()
         return super().run(data, max_epochs=max_epochs, max_iters=max_iters, epoch_length=epoch_length)
+
+    def _take_pending_epoch_end(self) -> bool:
+        """Whether the state was loaded at an epoch's last iteration before that epoch's end ran (clearing it)."""
+        state = self.state
+        pending = bool(getattr(state, "epoch_end_pending", False))
+        state.epoch_end_pending = False
+        return pending and bool(state.epoch_length) and state.iteration > 0 \
+            and state.iteration % state.epoch_length == 0
 
     def _internal_run(self) -> State:
         """Ignite's, except that a run that raised leaves no spent generator behind: the next `run` starts."""
@@ -223,6 +238,9 @@ class Engine(IgniteEngine):
             try:
                 self._fire_event(Events.STARTED)
                 yield from self._maybe_terminate_or_interrupt()
+                if self._take_pending_epoch_end():
+                    self._fire_event(Events.EPOCH_COMPLETED)  # the end the checkpoint's run did not reach
+                    yield from self._maybe_terminate_or_interrupt()
                 while not self._is_done(self.state) and not self.should_terminate:
                     self.state.epoch += 1
                     handlers_start_time = time.time()

@@ -14,8 +14,12 @@ class State(IgniteState):
     - `stop_reason`: the signal that asked GracefulStop to end the run ("SIGTERM"), else None.
     - `terminated_on_nan`: (epoch, iteration) of the first non-finite output TerminateOnNan saw, else None.
     - `early_stopped`: EarlyStopping's message when it ended the run, else None.
+    - `epoch_end_pending`: True when the state was loaded from a checkpoint saved at an epoch's last iteration
+      before that epoch's end (its EPOCH_COMPLETED handlers) ran; the next `run` fires that EPOCH_COMPLETED
+      right after STARTED, so the resumed run goes through the epoch end the interrupted one missed.
     """
 
     stop_reason: str | None = None
     terminated_on_nan: tuple[int, int] | None = None
     early_stopped: str | None = None
+    epoch_end_pending: bool = False

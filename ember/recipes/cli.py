@@ -7,10 +7,15 @@ the flags may come before or after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import ember
 from ember.recipes import RECIPES, all_recipes, find_recipe, looks_like_spec
@@ -55,6 +60,47 @@ def _warning_line(message: Warning | str, category: type[Warning], *args: object
     return in_flags("ember: warning: " + " ".join(str(message).split())) + "\n"
 
 
+class _StoppedAtStartUp(BaseException):
+    """A stop signal that arrived before the run's GracefulStop took over (a BaseException, as KeyboardInterrupt
+    is, so that no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_at_start_up(signum: int, frame: Any) -> None:
+    raise _StoppedAtStartUp(signum)
+
+
+class _ReportedOnce(logging.Filter):
+    """Drops the engines' "... is terminating due to exception" log lines: the command line reports every
+    error itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "terminating due to exception" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _one_line_per_run() -> Iterator[None]:
+    """While a run starts and goes: a stop signal before the run's own handlers are installed ends it with one
+    line and 128 + the signal (143 for SIGTERM); the engines' exception log lines are left to the one error line."""
+    names = [n for n in ("SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, n)]
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
+        for name in names:
+            previous[name] = signal.signal(getattr(signal, name), _stop_at_start_up)
+    quiet = _ReportedOnce()
+    engine_log = logging.getLogger("ignite.engine.engine.Engine")
+    engine_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        engine_log.removeFilter(quiet)
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
     """The recipe named in `ember train`'s arguments and the flags around it (before or after it).
 
@@ -84,9 +130,15 @@ def _train(spec: str, argv: list[str]) -> int:
     warnings.formatwarning = _warning_line
     context = None
     try:
-        args, run = parse_flags(recipe, argv)
-        context = RunContext(recipe, args, run)
-        return recipe.train(args, context)
+        with _one_line_per_run():
+            args, run = parse_flags(recipe, argv)
+            context = RunContext(recipe, args, run)
+            return recipe.train(args, context)
+    except _StoppedAtStartUp as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"ember: stopped by {name} during start-up, before the first checkpoint; nothing was saved or "
+              "changed", file=sys.stderr)
+        return 128 + stop.signum
     except DataNotFoundError as exc:
         print(_error_line(exc), file=sys.stderr)
         return 2

@@ -114,10 +114,10 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
     def report(engine: Any) -> None:
         curr_lr = optimizer.param_groups[0]["lr"]
         m = engine.state.metrics
-        m[SEED_VALID_LOSS] = valid_loss.compute().item()
+        m[SEED_VALID_LOSS] = float(valid_loss.compute())
         # The seed's line, with its loss figures (see SeedLoss); its backslash-continued f-string also
         # printed the source's indentation after each tab, which is left out.
-        print(f"Epoch {engine.state.epoch - 1}\t Training Loss: {train_loss.compute().item()}\t "
+        print(f"Epoch {engine.state.epoch - 1}\t Training Loss: {float(train_loss.compute())}\t "
               f"Validation Loss:{m[SEED_VALID_LOSS]}\t LR:{curr_lr}")
         print(f"\t Validation Accuracy: {100 * m['val/accuracy']:.2f}%")
 

@@ -192,7 +192,8 @@ def _nothing_to_do(state: Any, folder: str, max_epochs: int, max_iterations: int
         _say(f"Nothing to do: the run in {folder} is already at iteration {state.iteration}, not before the "
              f"max_iterations {max_iterations} asked for; nothing was changed.")
         return "max_iterations"
-    if state.epoch_length and state.iteration >= state.epoch_length * max_epochs:
+    if state.epoch_length and state.iteration >= state.epoch_length * max_epochs \
+            and not getattr(state, "epoch_end_pending", False):  # a last epoch whose end did not run: run that end
         done, extra = divmod(state.iteration, state.epoch_length)
         part = f" and {_plural(extra, 'iteration')} of epoch {done + 1}" if extra else ""
         _say(f"Nothing to do: the run in {folder} already finished {_plural(done, 'epoch')}{part} (iteration "

@@ -20,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ember import distributed as dist
-from ember.checkpoint.folder import candidates
-from ember.checkpoint.format import read
+from ember.checkpoint.folder import candidates, skipping
+from ember.checkpoint.format import CorruptCheckpointError, read
 from ember.checkpoint.restore import resume_from
-from ember.run.record import RUN_KEY, RunError, differing
+from ember.run.record import RUN_KEY, RunError, differing, record_problem
 
 try:
     import fcntl
@@ -122,21 +123,34 @@ class RunFolder:
         run = cls(path, run_id or os.path.basename(os.path.normpath(path)), created=created)
         if file is not None:
             file = os.fspath(file)
+            problem = run._take_record(file, read(file, peek=True))
+            if problem:
+                raise CorruptCheckpointError(problem)
             run.candidates, run.checkpoint = [file], file
-            run._take_record(read(file, peek=True))
         elif not created:
             peeked: dict[str, dict[str, Any]] = {}
             run.candidates, run.problems = candidates(path, None, peeked)  # warns once for each unreadable file
-            if run.candidates:
-                run.checkpoint = run.candidates[0]
-                run._take_record(peeked[run.checkpoint])
+            for candidate in list(run.candidates):
+                problem = run._take_record(candidate, peeked[candidate])
+                if problem is None:
+                    run.checkpoint = candidate
+                    break
+                run.candidates.remove(candidate)  # a malformed run record: passed over like any bad file
+                run.problems.append(problem)
+                warnings.warn(skipping(candidate, problem, "; trying the previous checkpoint"), RuntimeWarning,
+                              stacklevel=2)
         return run
 
-    def _take_record(self, payload: Mapping[str, Any]) -> None:
+    def _take_record(self, path: str, payload: Mapping[str, Any]) -> str | None:
+        """Take the run record of `path`'s `payload`; what is wrong with it (as a file's problem), or None."""
         record = payload["objects"].get(RUN_KEY)
-        self.record = dict(record) if isinstance(record, Mapping) else None
+        problem = record_problem(record) if record is not None else None
+        if problem:
+            return f"checkpoint file {path} is malformed: its run record {problem}. Load an earlier checkpoint"
+        self.record = dict(record) if record is not None else None
         if self.record is not None:
-            self.run_id = str(self.record.get("run_id", self.run_id))
+            self.run_id = self.record["run_id"]
+        return None
 
     @property
     def holds_checkpoints(self) -> bool:

@@ -42,9 +42,25 @@ class RunRecord:
         return {"run_id": self.run_id, "config": _plain(self.config)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take the saved run id and configuration."""
+        """Take the saved run id and configuration; ValueError when the saved record is malformed."""
+        problem = record_problem(state)
+        if problem:
+            raise ValueError(f"the run record {problem}")
         self.run_id = state["run_id"]
         self.config = dict(state["config"])
+
+
+def record_problem(state: Any) -> str | None:
+    """What is wrong with a saved run record (`{"run_id": str, "config": dict}`), or None."""
+    if not isinstance(state, Mapping):
+        return f"is a {type(state).__name__}, not a dict of run_id and config"
+    if not isinstance(state.get("run_id"), str):
+        return "has no run_id string"
+    if "config" not in state:
+        return "has no config"
+    if not isinstance(state["config"], Mapping):
+        return f"has a config that is a {type(state['config']).__name__}, not a dict of settings"
+    return None
 
 
 def _plain(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,10 +10,12 @@ datasets alike, and one cleanup of those a killed process left (`remove_stale_te
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -45,15 +47,22 @@ def remove_stale_temp_files(dirname: str | os.PathLike[str]) -> None:
 
 
 def fsync_dir(dirname: str) -> None:
-    """Make renames in `dirname` durable; a no-op where folders cannot be opened (Windows)."""
+    """Make renames in `dirname` durable; a no-op where folders cannot be opened (Windows) or synced (file
+    systems that refuse it). Any other failure (EIO: the disk) is warned about: the file is in place, but a
+    crash of the machine could undo its rename."""
     try:
         fd = os.open(dirname, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            warnings.warn(
+                f"could not sync the folder {dirname} after renaming a file into it ({exc.strerror or exc}): the "
+                "file is written, but a power cut or crash of the machine could undo its rename; check the disk",
+                RuntimeWarning, stacklevel=2,
+            )
     finally:
         os.close(fd)
 

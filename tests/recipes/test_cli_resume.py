@@ -53,9 +53,10 @@ def test_the_resume_path_reads_the_newest_checkpoint_twice_and_lists_the_folder_
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     opened, listed = tool.count()  # counted until the resumed run's training starts
-    # the scan peeks at each file's metadata once; the restore reads (and verifies) the newest once
-    assert opened == {"checkpoint_000000006.pt": 2, "checkpoint_000000004.pt": 1}, opened
-    assert listed == 2, listed  # the run folder's one scan, and the Checkpoint handler's stale-temp-file sweep
+    # the run folder's scan peeks at each file's metadata once, the restore reads (and verifies) the newest
+    # once, and the Checkpoint handler's tidy-up of a resumed folder (keep_last after a kill) peeks again
+    assert opened == {"checkpoint_000000006.pt": 3, "checkpoint_000000004.pt": 2}, opened
+    assert listed == 3, listed  # the run folder's one scan; the handler's stale-temp-file sweep and tidy-up
 
 
 def test_resume_takes_a_run_id_a_run_folder_a_checkpoint_file_or_the_runs_tensorboard_folder(capsys):

@@ -293,3 +293,41 @@ def test_show_plan_prints_each_recipes_real_handlers_in_their_declared_order(cap
     assert per_epoch[-1] == "Checkpoint._on_event"
     orders = [int(line.split()[0]) for line in lines[lines.index("EPOCH_COMPLETED") + 1:] if line.startswith("  ")]
     assert orders[: len(per_epoch)] == sorted(orders[: len(per_epoch)])
+
+
+def _resumable_state(folder: Path) -> dict:
+    """What must match bit for bit between a straight and a resumed run: every saved object but the run
+    record and the handlers' windows of wall-clock times, with the schedulers' states."""
+    from harness import load_payload  # tests/ is on the path (conftest)
+
+    from ember.callbacks import Checkpoint
+
+    payload = load_payload(Checkpoint.latest(folder))
+    objects = {k: v for k, v in payload["objects"].items() if k not in ("run", "handlers")}
+    handlers = payload["objects"].get("handlers", {})
+    objects["schedulers"] = {k: v for k, v in handlers.items() if k.startswith("LRScheduler")}
+    return {"step": payload["step"], "objects": objects, "rng": payload["rng"]}
+
+
+@pytest.mark.parametrize(("name", "how"), [*((name, "max-iterations") for name in RECIPES),
+                                            ("mnist-mlp-plateau", "checkpoint-every")])
+def test_a_save_at_an_epochs_last_iteration_resumes_like_the_straight_run(name, how, capsys, datasets):
+    """Issue 25 item 1: a checkpoint at epoch 1's last iteration (by --max-iterations, or by --checkpoint-every
+    then a kill-like stop: the run is cut there and the epoch end is not in the file) resumes to the straight
+    run's weights, optimizer, counters, schedulers and RNG."""
+    from harness import assert_same, load_payload
+
+    base = ["--epochs", "2", "--batch-size", "64", "--no-tensorboard", "--no-progress"]
+    rc, _, err = train(capsys, datasets, name, *base, "--checkpoint-dir", "straight")
+    assert rc in (0, 1), err  # the speed run exits 1 when it does not reach its target
+    straight = _resumable_state(Path("straight"))
+    per_epoch = straight["step"] // 2
+    cut = ["--checkpoint-dir", "cut", "--max-iterations", str(per_epoch)]
+    if how == "checkpoint-every":
+        cut += ["--checkpoint-every", str(per_epoch)]
+    assert train(capsys, datasets, name, *base, *cut)[0] in (0, 1)
+    assert load_payload(Path("cut") / f"checkpoint_{per_epoch:09d}.pt")["epoch_end_pending"] is True
+    rc, out, err = train(capsys, datasets, name, *base, "--checkpoint-dir", "cut", "--resume")
+    assert rc in (0, 1) and "Resumed from" in out and "Traceback" not in err, out + err
+    resumed = _resumable_state(Path("cut"))
+    assert_same(straight, resumed, name)

@@ -188,7 +188,7 @@ def test_file_and_folder_are_fsynced_and_renamed_before_the_old_file_is_deleted(
     folder = str(tmp_path)
 
     returns = [i for i, entry in enumerate(log) if entry[0] == "returned" and entry[1]]
-    assert len(returns) == 8
+    assert len(returns) == 10  # 8 saves, and the files of iterations 4 and 8 again after their epoch's end
     start = 0
     for end in returns:
         save_log = log[start:end]
