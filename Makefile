@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ember-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test lint bench ignite-suite clean
+.PHONY: setup data train test lint bench ignite-suite ignite-suite-full clean
 
 setup: $(STAMP) data
 
@@ -43,6 +43,11 @@ bench: setup
 ignite-suite: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,compat]' -c constraints.txt
 	$(BIN)/python tools/ignite_suite.py --json .cache/ignite-suite/report.json $(ARGS)
+
+# The same with Ignite's metrics and contrib tests too (longer; not part of `make test` or `make ignite-suite`).
+ignite-suite-full: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,compat]' -c constraints.txt
+	$(BIN)/python tools/ignite_suite.py --full --json .cache/ignite-suite/report-full.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -171,7 +171,7 @@ def attach_hooks(
     def fail(e: Engine) -> None:
         raise HandlerFault(f"handler fault injected after iteration {e.state.iteration}")
 
-    after.order = order.CHECKPOINT + 1  # type: ignore[attr-defined]  # after the iteration's checkpoint
+    after.ember_order = order.CHECKPOINT + 1  # type: ignore[attr-defined]  # after the iteration's checkpoint
     if report or pace or pause_at is not None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, after)
     if fail_at is not None:

@@ -115,8 +115,8 @@ class SyncProbe:
             else:
                 self.current = e.state.iteration + 1
 
-        started.order = -10**9  # type: ignore[attr-defined]
-        completed.order = 10**9  # type: ignore[attr-defined]
+        started.ember_order = -10**9  # type: ignore[attr-defined]
+        completed.ember_order = 10**9  # type: ignore[attr-defined]
         engine.add_event_handler(Events.ITERATION_STARTED, started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, completed)
 

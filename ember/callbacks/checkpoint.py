@@ -63,7 +63,7 @@ class Checkpoint:
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
     `keep_last=None` keeps every file. With `save_handlers=True` the state of every stateful handler attached to
     the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
-    saved as "handlers" and restored on resume (`HandlerStates`). Its `order` runs it after the handlers of the
+    saved as "handlers" and restored on resume (`HandlerStates`). Its `ember_order` runs it after the handlers of the
     same event that compute what it saves or monitors, whenever they were attached.
 
     With `async_save=True` a save only copies what it would write into host memory (a snapshot, reused from
@@ -74,7 +74,7 @@ class Checkpoint:
     terminate and an exception wait for the save in flight.
     """
 
-    order = order_levels.CHECKPOINT
+    ember_order = order_levels.CHECKPOINT
 
     def __init__(
         self,
@@ -207,7 +207,7 @@ class Checkpoint:
                 and not (self._step == step and "regular" in self._step_kinds):
             self._before_end = self._payload(engine, step, None, None, epoch_end_pending=True)
 
-    _epoch_end_began.order = order_levels.FIRST  # type: ignore[attr-defined]
+    _epoch_end_began.ember_order = order_levels.FIRST  # type: ignore[attr-defined]
 
     def _on_epoch_end(self, engine: Engine) -> None:
         """The handlers of the epoch's end whose state a file holds have run: write this iteration's regular

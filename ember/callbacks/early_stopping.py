@@ -26,7 +26,7 @@ class EarlyStopping(Monitor):
     and stored as `trainer.state.early_stopped`.
     """
 
-    order = order_levels.READ
+    ember_order = order_levels.READ
 
     def __init__(
         self,

@@ -9,13 +9,16 @@ transfer at the end of the evaluation brings both to the host. `confusion_matrix
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from ember.engine import Engine, Events
 from ember.utils import checks
+
+if TYPE_CHECKING:  # Pillow is imported by the functions that draw, not by `import ember`
+    from PIL import Image, ImageFont
 
 CONFUSION_MATRIX = "confusion_matrix"
 MISCLASSIFIED = "misclassified"
@@ -101,6 +104,8 @@ def _first_true(flags: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    from PIL import ImageFont
+
     return ImageFont.load_default(size=size)
 
 
@@ -112,6 +117,8 @@ def _name(classes: Sequence[str] | None, index: int, width: int = 12) -> str:
 def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None = None, cell: int = 32) -> np.ndarray:
     """An RGB picture (H x W x 3 uint8) of a confusion matrix: rows are true classes, columns predicted;
     each cell shows its count, shaded by its share of the row (the diagonal in blue, mistakes in red)."""
+    from PIL import Image, ImageDraw
+
     counts = counts.long().cpu()
     n = counts.shape[0]
     font, small = _font(11), _font(10)
@@ -142,6 +149,8 @@ def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None =
 
 def _tile(image: torch.Tensor, scale: int) -> Image.Image:
     """One input as a picture: channels first, rescaled to its own range (inputs may be normalised)."""
+    from PIL import Image
+
     image = image.float()
     if image.ndim == 2:
         image = image.unsqueeze(0)
@@ -157,6 +166,8 @@ def misclassified_grid(images: torch.Tensor, predicted: torch.Tensor, true: torc
     """An RGB grid (H x W x 3 uint8) of misclassified inputs, each captioned with its predicted (red) and
     true (green) class; an empty set gives a small picture that says so. Four columns keep it about as wide
     as a TensorBoard image card, so it is readable without "show actual image size"."""
+    from PIL import Image, ImageDraw
+
     font = _font(11)
     if len(images) == 0:
         image = Image.new("RGB", (260, 40), "white")

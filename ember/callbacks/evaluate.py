@@ -40,7 +40,7 @@ class Evaluate:
     trainer's `state.metrics` before its first new evaluation.
     """
 
-    order = order_levels.EVALUATE
+    ember_order = order_levels.EVALUATE
 
     def __init__(
         self,

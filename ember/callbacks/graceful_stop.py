@@ -70,7 +70,7 @@ class GracefulStop:
         abort_on_second_interrupt: a second SIGINT ends the process at once (exit 130).
     """
 
-    order = order_levels.LAST
+    ember_order = order_levels.LAST
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ class LossPrinter:
     length), iteration.
     """
 
-    order = order_levels.READ
+    ember_order = order_levels.READ
 
     def __init__(
         self,

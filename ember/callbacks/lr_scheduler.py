@@ -19,14 +19,14 @@ class LRScheduler:
     """Steps `scheduler` at every EPOCH_COMPLETED (`per="epoch"`) or ITERATION_COMPLETED (`per="iteration"`).
 
     `ReduceLROnPlateau` is stepped with `engine.state.metrics[monitor]` (e.g. "val/loss" from Evaluate).
-    Evaluate runs before it on the same event whatever the attach order (its `order` is lower); a metric
+    Evaluate runs before it on the same event whatever the attach order (its `ember_order` is lower); a metric
     computed by a handler of your own must be attached before it, or step on `event=EvalEvents.EVALUATED`
     to step right after each evaluation. Before each step, the learning
     rate in effect (the one the epoch or iteration just used) is stored in `state.metrics` as `lr`, or as
     `lr/group{i}` when the optimizer has several parameter groups.
     """
 
-    order = order_levels.DEFAULT
+    ember_order = order_levels.DEFAULT
 
     def __init__(
         self,

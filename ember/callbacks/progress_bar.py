@@ -60,7 +60,7 @@ class ProgressBar:
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
 
-    order = order_levels.PROGRESS
+    ember_order = order_levels.PROGRESS
 
     def __init__(
         self,

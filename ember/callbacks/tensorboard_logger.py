@@ -83,7 +83,7 @@ class TensorBoardLogger:
         flush_secs: how often the event files are flushed.
     """
 
-    order = order_levels.READ
+    ember_order = order_levels.READ
 
     def __init__(
         self,

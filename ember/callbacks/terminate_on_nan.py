@@ -42,7 +42,7 @@ class TerminateOnNan:
     torchrun the ranks combine their flags at each check (one small all-reduce), so all stop on the same step.
     """
 
-    order = order_levels.GUARD
+    ember_order = order_levels.GUARD
 
     def __init__(
         self,

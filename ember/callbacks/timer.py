@@ -24,7 +24,7 @@ class Timer:
     clock and counts (`state_dict`), so its epoch time covers the whole epoch, not only the resumed part.
     """
 
-    order = order_levels.COMPUTE
+    ember_order = order_levels.COMPUTE
 
     def __init__(self) -> None:
         self._cuda: torch.device | None = None

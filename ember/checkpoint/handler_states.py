@@ -45,7 +45,7 @@ class HandlerStates:
     but not attached, or attached but not in the checkpoint, gives a warning naming it and nothing fails.
     """
 
-    order = FIRST
+    ember_order = FIRST
 
     def __init__(self, engine: Any, exclude: Iterable[Any] = ()) -> None:
         self.engine = engine

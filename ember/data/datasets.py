@@ -21,12 +21,14 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
-from torchvision import datasets
 
 from ember.utils.atomic import remove_stale_temp_files, symlink_atomic, write_atomic
+
+if TYPE_CHECKING:  # torchvision is imported where a dataset is loaded: it costs most of a second
+    from torchvision import datasets
 
 __all__ = [
     "CIFAR10_FILES",
@@ -231,6 +233,8 @@ def load_fashion_mnist(
     download: bool = True,
 ) -> Dataset:
     """FashionMNIST as `torchvision.datasets.FashionMNIST`; Debian's dataset-fashion-mnist is the default source."""
+    from torchvision import datasets
+
     return _load_idx(
         datasets.FashionMNIST,
         train,
@@ -252,6 +256,8 @@ def load_mnist(
     download: bool = True,
 ) -> Dataset:
     """MNIST as `torchvision.datasets.MNIST`, downloaded into the root (or cache) when absent and online."""
+    from torchvision import datasets
+
     return _load_idx(datasets.MNIST, train, root, transform, cache, download, defaults=[])
 
 
@@ -268,6 +274,8 @@ def load_cifar10(
     torchvision checks every batch file against the md5 of the official release, so only the official
     python-version files load; anything else raises DataNotFoundError saying the check failed.
     """
+    from torchvision import datasets
+
     user = _user_root(root)
     place = user if user is not None else cache_dir(cache)
     if place.name == datasets.CIFAR10.base_folder and (place / CIFAR10_FILES[0]).is_file():

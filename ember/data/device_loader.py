@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Subset
-from torchvision.transforms import functional as TF
 
 from ember.data.sampler import check_shard, epoch_indices
 from ember.utils import checks
@@ -71,6 +69,9 @@ def resize_images(images: Tensor, size: Size) -> Tensor:
     """
     if images.shape[1] not in (1, 3):
         raise ValueError(f"resize needs 1 or 3 channels, got {images.shape[1]}")
+    from PIL import Image  # here, with torchvision: both are imported only by the runs that resize
+    from torchvision.transforms import functional as TF
+
     hwc = images.permute(0, 2, 3, 1).numpy()
     if images.shape[1] == 1:
         hwc = hwc[..., 0]

@@ -12,8 +12,6 @@ from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms
-from torchvision.datasets.vision import StandardTransform
 
 from ember.data.device_loader import Device, DeviceLoader, Normalization, Size
 from ember.data.sampler import EpochSampler
@@ -24,6 +22,8 @@ DataPath = Literal["fast", "dataloader"]
 
 def torchvision_transform(normalize: Normalization | None = None, resize: Size | None = None) -> Any:
     """The torchvision pipeline DeviceLoader reproduces: [Resize(resize)] + ToTensor() + [Normalize(mean, std)]."""
+    from torchvision import transforms  # here: importing torchvision costs most of a second
+
     steps: list[Any] = [transforms.Resize(resize)] if resize is not None else []
     steps.append(transforms.ToTensor())
     if normalize is not None:
@@ -40,6 +40,8 @@ def _with_transform(dataset: Dataset, transform: Any) -> Dataset:
     dataset = copy.copy(dataset)
     dataset.transform = transform  # type: ignore[attr-defined]
     if hasattr(dataset, "transforms"):
+        from torchvision.datasets.vision import StandardTransform
+
         target_transform = getattr(dataset, "target_transform", None)
         dataset.transforms = StandardTransform(transform, target_transform)  # type: ignore[attr-defined]
     return dataset

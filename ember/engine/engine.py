@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSing
 from ignite.engine.events import Events, EventsList, RemovableEventHandle, State
 from ignite.engine.utils import _to_hours_mins_secs
 
+from ember.engine import order as order_levels
 from ember.engine import plan, resumable
 from ember.engine.dispatch import HandlerDict, compile_dispatch, marker
 from ember.engine.errors import note_step_failure
@@ -59,7 +61,9 @@ class Engine(IgniteEngine):
 
     A drop-in `ignite.engine.Engine`: same events, order, counters, filters, handles, state and state_dict.
     Differences: resuming mid-epoch from a state_dict skips the batches already seen (Ignite replays the
-    epoch from its first batch), and ember's own exception observers never swallow an exception.
+    epoch from its first batch), ember's own exception observers never swallow an exception, and `run()` after
+    a run that raised inside an epoch finishes that epoch (see `_internal_run_as_gen`; Ignite's returns without
+    running, and its next `run()` counts the rest of the epoch as a new one).
     """
 
     should_terminate = _flag("should_terminate")
@@ -69,6 +73,9 @@ class Engine(IgniteEngine):
     def __init__(self, process_function: ProcessFunction) -> None:
         self._attn = True
         self._dispatch: tuple | None = None
+        self._compiled: tuple | None = None  # per hot event, the handler entries its dispatch function runs
+        self._raised_in: tuple[int, int, bool] | None = None  # (epoch, iteration, in the step) of a failed run
+        self._step_raised_at: int | None = None  # the iteration whose step raised, in this run
         super().__init__(process_function)
         self.state: EmberState = EmberState()  # the one place an Engine creates its run's state
 
@@ -100,17 +107,21 @@ class Engine(IgniteEngine):
             )
 
     def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
-        """Ignite's `add_event_handler`, with the handler placed by its declared `order` (see `ember.engine.order`):
-        after every handler of the event with a lower or equal order, so ties keep attachment order."""
+        """Ignite's `add_event_handler`, with the handler placed by its declared `ember_order` (see
+        `ember.engine.order`): after every handler of the event with a lower or equal order, so ties keep
+        attachment order."""
         handle = super().add_event_handler(event_name, handler, *args, **kwargs)
         if not isinstance(event_name, EventsList):
             place_last_entry(self._event_handlers[event_name])
         return handle
 
     def add(self, callback: Any, order: int | None = None) -> Any:
-        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers."""
+        """Attach a callback object (anything with `attach(engine)`) and return it; `order` places all its handlers.
+
+        `order` is stored as the callback's `ember_order` attribute (any `order` attribute of its own is left alone).
+        """
         if order is not None:
-            callback.order = order
+            setattr(callback, order_levels.ATTRIBUTE, order)
         callback.attach(self)
         return callback
 
@@ -122,12 +133,53 @@ class Engine(IgniteEngine):
     def _hot_dispatch(self) -> tuple:
         """The per-iteration events' dispatch functions (None where nothing runs), rebuilt after a change."""
         if self._dispatch is None:
-            if type(self)._fire_event is not IgniteEngine._fire_event:
+            if type(self)._fire_event is not Engine._fire_event:
                 self._dispatch = tuple(_fire_through(self, ev) for ev in HOT_EVENTS)
+                self._compiled = None
             else:
                 handlers = self._event_handlers
-                self._dispatch = tuple(compile_dispatch(self, ev, handlers.get(ev)) for ev in HOT_EVENTS)
+                self._compiled = tuple(tuple(handlers.get(ev) or ()) for ev in HOT_EVENTS)
+                self._dispatch = tuple(compile_dispatch(self, ev, entries or None)
+                                       for ev, entries in zip(HOT_EVENTS, self._compiled))
         return self._dispatch
+
+    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        """Ignite's `_fire_event`: every handler of the event, including those added while it fires, each once.
+
+        As on Ignite, a handler added by a handler of the same event runs in that same firing and one removed
+        before its turn does not run. Ignite walks the list by position, so a handler that removes itself makes
+        it skip the next one, and one that ember places before the running handler (by its order) would make the
+        running one run again: here each entry runs once, and an entry placed earlier runs next.
+        """
+        self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
+        self.last_event_name = event_name
+        entries = self._event_handlers[event_name]  # this list, as Ignite walks it (removal replaces the list)
+        done: dict[tuple, tuple] = {}
+        i = 0
+        while i < len(entries):
+            entry = entries[i]
+            i += 1
+            if _key(entry) in done:
+                continue
+            done[_key(entry)] = entry
+            _call(entry, event_args, event_kwargs)
+            if i > len(entries) or entries[i - 1] is not entry:
+                i = 0  # the list changed before this position: look again from the start (run entries skip)
+
+    def _run_added_while_firing(self, index: int) -> None:
+        """Run the handlers added to hot event `HOT_EVENTS[index]` while its compiled dispatch ran, as Ignite does
+        (in that same firing, after the others). Called on the slow path only, when the handlers changed."""
+        if self._compiled is None:
+            return  # dispatch through `_fire_event`, which saw them
+        event = HOT_EVENTS[index]
+        done = {_key(entry): entry for entry in self._compiled[index]}
+        while True:
+            entry = next((e for e in self._event_handlers.get(event, ()) if _key(e) not in done), None)
+            if entry is None:
+                return
+            done[_key(entry)] = entry
+            self.last_event_name = event
+            _call(entry, (), {})
 
     # ------------------------------------------------------------------ exceptions
     def _handle_exception(self, e: BaseException) -> None:
@@ -153,6 +205,7 @@ class Engine(IgniteEngine):
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Ignite's load_state_dict; also restores `seed`, and the next run resumes at the saved iteration."""
         super().load_state_dict(state_dict)
+        self._raised_in = None  # the loaded counters replace those of a run that raised
         if "seed" in state_dict:
             self.state.seed = state_dict["seed"]
 
@@ -223,15 +276,35 @@ class Engine(IgniteEngine):
             self._internal_run_generator = None
             raise
 
-    def _attend(self) -> Generator:
-        """The slow path, taken when `_attn` is up: a termination flag, an interrupt, or changed handlers."""
+    def _attend(self, fired: int) -> Generator:
+        """The slow path, taken when `_attn` is up after hot event `HOT_EVENTS[fired]`: a termination flag, an
+        interrupt, or changed handlers (those added to that event while it fired run now, as on Ignite)."""
         self._attn = False
+        if self._dispatch is None:
+            self._run_added_while_firing(fired)
         yield from self._maybe_terminate_or_interrupt()
         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
             self._attn = True
 
+    def _resume_raised_epoch(self) -> None:
+        """After a run that raised inside an epoch, go back into that epoch instead of starting the next one.
+
+        The loop adds 1 to `state.epoch` before each epoch, so the epoch the run raised in is counted back, and
+        the batches it completed are skipped (`_setup_engine`). When the step itself raised, its iteration is
+        counted back too, so that batch runs again; when a handler raised, the batch is not run twice. Only when
+        the counters are still those the run raised at: a new state or a loaded state_dict starts as Ignite's.
+        """
+        raised, self._raised_in = self._raised_in, None
+        if raised is None or (self.state.epoch, self.state.iteration) != raised[:2] or self.state.epoch < 1:
+            return
+        self.state.epoch -= 1
+        if raised[2]:
+            self.state.iteration -= 1
+
     def _internal_run_as_gen(self) -> Generator[Any, None, State]:
         self.should_terminate = self.should_terminate_single_epoch = self.should_interrupt = False
+        self._resume_raised_epoch()
+        self._step_raised_at, in_epoch = None, False
         self._init_timers(self.state)
         start_time = time.time()
         try:
@@ -243,6 +316,7 @@ class Engine(IgniteEngine):
                     yield from self._maybe_terminate_or_interrupt()
                 while not self._is_done(self.state) and not self.should_terminate:
                     self.state.epoch += 1
+                    in_epoch = True
                     handlers_start_time = time.time()
                     self._fire_event(Events.EPOCH_STARTED)
                     epoch_time_taken = time.time() - handlers_start_time
@@ -250,6 +324,7 @@ class Engine(IgniteEngine):
                     if self._dataloader_iter is None:
                         self._setup_engine()
                     epoch_time_taken += yield from self._run_once_on_dataset_as_gen()
+                    in_epoch = False  # its iterations are done: a rerun after EPOCH_COMPLETED raised goes on
                     self.state.times[Events.EPOCH_COMPLETED.name] = epoch_time_taken
                     if self.should_terminate_single_epoch != "skip_epoch_completed":
                         handlers_start_time = time.time()
@@ -264,6 +339,7 @@ class Engine(IgniteEngine):
                         f"Epoch[{self.state.epoch}] Complete. Time taken: {hours:02d}:{mins:02d}:{secs:06.3f}"
                     )
             except _EngineTerminateException:
+                in_epoch = False  # a terminated epoch is over, as on Ignite: a rerun starts the next one
                 self._fire_event(Events.TERMINATE)
             except _EngineTerminateSingleEpochException:
                 raise RuntimeError(
@@ -281,11 +357,14 @@ class Engine(IgniteEngine):
             self.logger.info(f"Engine run finished. Time taken: {hours:02d}:{mins:02d}:{secs:06.3f}")
         except BaseException as e:
             self._dataloader_iter = None
-            self._dispatch = None
+            self._dispatch = self._compiled = None
+            if in_epoch and not isinstance(e, GeneratorExit):  # GeneratorExit: an interrupted run was dropped
+                step = self._step_raised_at == self.state.iteration
+                self._raised_in = (self.state.epoch, self.state.iteration, step)
             self.logger.error(f"Engine run is terminating due to exception: {e}")
             self._handle_exception(e)
         self._dataloader_iter = None
-        self._dispatch = None  # drop the compiled calls (and their reference to the engine) between runs
+        self._dispatch = self._compiled = None  # drop the compiled calls (and the engine they hold) between runs
         return self.state
 
     def _run_once_on_dataset_as_gen(self) -> Generator[State, None, float]:
@@ -304,7 +383,7 @@ class Engine(IgniteEngine):
                 if get_started is not None and has_data and not restarted:
                     get_started(state)
                     if self._attn:
-                        yield from self._attend()
+                        yield from self._attend(0)
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 try:
                     state.batch = next(self._dataloader_iter)  # type: ignore[arg-type]
@@ -335,24 +414,25 @@ class Engine(IgniteEngine):
                 if get_completed is not None and has_data:
                     get_completed(state)
                     if self._attn:
-                        yield from self._attend()
+                        yield from self._attend(1)
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 iter_counter += 1
                 state.iteration += 1
                 if it_started is not None:
                     it_started(state)
                     if self._attn:
-                        yield from self._attend()
+                        yield from self._attend(2)
                         get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 try:
                     state.output = process(self, state.batch)
                 except Exception as exc:
                     note_step_failure(exc, state.epoch, state.iteration, state.batch)
+                    self._step_raised_at = state.iteration
                     raise
                 if it_completed is not None:
                     it_completed(state)
                 if self._attn:
-                    yield from self._attend()
+                    yield from self._attend(3)
                     get_started, get_completed, it_started, it_completed = self._hot_dispatch()
                 if iter_counter == state.epoch_length:
                     break
@@ -368,6 +448,25 @@ class Engine(IgniteEngine):
             self.logger.error(f"Current run is terminating due to exception: {e}")
             self._handle_exception(e)
         return time.time() - start_time
+
+
+def _key(entry: tuple) -> tuple[int, int, int]:
+    """What identifies a registered `(func, args, kwargs)` entry: its three objects, which Ignite keeps when it
+    rebuilds the list (`remove_event_handler`). The entries are held while a key is in use, so no id is reused."""
+    return id(entry[0]), id(entry[1]), id(entry[2])
+
+
+def _call(entry: tuple, event_args: tuple, event_kwargs: dict) -> None:
+    """Call one registered `(func, args, kwargs)` entry as Ignite's `_fire_event` does."""
+    func, args, kwargs = entry
+    kwargs.update(event_kwargs)
+    if args and isinstance(args[0], weakref.ref):
+        engine = args[0]()
+        if engine is None:
+            raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
+        func(engine, *event_args, *args[1:], **kwargs)
+    else:
+        func(*event_args, *args, **kwargs)
 
 
 def _fire_through(engine: Engine, event: Any) -> Callable[[State], None]:

@@ -35,7 +35,7 @@ def exception_observer(fn: Callable) -> Callable:
             raise exc
 
     observer._ember_observer = True  # type: ignore[attr-defined]
-    observer.order = FIRST  # type: ignore[attr-defined]  # before any handler that re-raises (Ignite's idiom)
+    observer.ember_order = FIRST  # type: ignore[attr-defined]  # before any handler that re-raises (Ignite's idiom)
     return observer
 
 

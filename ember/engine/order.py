@@ -1,18 +1,22 @@
-"""Where a handler runs among the handlers of one event: lower `order` first, ties in attachment order.
+"""Where a handler runs among the handlers of one event: lower order first, ties in attachment order.
 
-A handler declares its place with an `order` attribute (on the function, or on the object of a bound
-method), or `engine.add(callback, order=...)` sets it for every handler the callback attaches. Handlers
-without one, Ignite's included, have order DEFAULT (0) and keep Ignite's attachment-order semantics among
-themselves. ember's own handlers take the levels below, so that the ones that compute run before the
-ones that read what was computed, and the checkpoint runs after every handler whose state it saves. Only
-handlers that read nothing another handler computes run before DEFAULT, so a program that attached its
-handlers in a working order keeps working.
+A handler declares its place with an `ember_order` attribute (on the function, on the object of a bound method,
+or on its class), which `@ordered(level)` sets on a function or class and `engine.add(callback, order=...)` sets
+on a callback object for every handler it attaches. The name is ember's own so that an attribute a handler has
+for its own reasons (a polynomial's `order`, a scheduler's) never moves it. Handlers without one, Ignite's
+included, have order DEFAULT (0) and keep Ignite's attachment-order semantics among themselves. ember's own
+handlers take the levels below, so that the ones that compute run before the ones that read what was computed,
+and the checkpoint runs after every handler whose state it saves. Only handlers that read nothing another
+handler computes run before DEFAULT, so a program that attached its handlers in a working order keeps working.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+ATTRIBUTE = "ember_order"
+"""The attribute that holds a handler's declared order."""
 
 FIRST = -1000
 """Restores state before anything else runs (HandlerStates at STARTED)."""
@@ -57,11 +61,30 @@ def unwrap(func: Callable) -> tuple[Callable, Callable | None]:
     return func, None
 
 
+_T = TypeVar("_T")
+
+
+def ordered(level: int) -> Callable[[_T], _T]:
+    """Decorator: declare the order of a handler function, or of every handler of a callback class.
+
+    `@ordered(order.READ)` on a function or class sets its `ember_order` attribute to `level`.
+    """
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise TypeError(f"ordered(level): level must be an int (e.g. ember.engine.order.READ), got {level!r}")
+
+    def declare(target: _T) -> _T:
+        setattr(target, ATTRIBUTE, level)
+        return target
+
+    return declare
+
+
 def order_of(handler: Any) -> int:
-    """The declared order of a handler callable (unwrapped): its own `order`, its bound object's, else DEFAULT."""
+    """The declared order of a handler callable (unwrapped): its own `ember_order`, its bound object's, else
+    DEFAULT."""
     handler = unwrap(handler)[0]
     for holder in (handler, getattr(handler, "__self__", None), getattr(handler, "func", None)):
-        value = getattr(holder, "order", None) if holder is not None else None
+        value = getattr(holder, ATTRIBUTE, None) if holder is not None else None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return DEFAULT

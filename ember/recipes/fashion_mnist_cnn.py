@@ -57,7 +57,7 @@ def loss_and_correct(images: Any, labels: torch.Tensor, preds: torch.Tensor, los
 class EpochTotals:
     """Sums the epoch's batch losses and correct counts on the device and prints them as the seed does."""
 
-    order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
+    ember_order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
 
     def __init__(self) -> None:
         self.total_loss: Any = 0.0

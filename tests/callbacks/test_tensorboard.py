@@ -139,7 +139,7 @@ def test_resumed_logger_continues_the_epoch_and_purges_later_steps(tmp_path: Pat
                      model={k: v.clone() for k, v in model.state_dict().items()},
                      optimizer=engine.optimizer.state_dict())
 
-    checkpoint.order = order.CHECKPOINT  # as a Checkpoint does: after the logger has counted iteration 11
+    checkpoint.ember_order = order.CHECKPOINT  # as a Checkpoint does: after the logger has counted iteration 11
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=11), checkpoint)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=13), lambda e: e.terminate())

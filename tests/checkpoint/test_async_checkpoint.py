@@ -109,7 +109,7 @@ def test_the_file_holds_the_state_of_the_iteration_the_save_was_asked_for(tmp_pa
         objects[RUN_KEY].run_id = "changed"
         objects[RUN_KEY].config["lr"] = 99.0
 
-    mutate_everything.order = LAST  # after the Checkpoint's save of the same event
+    mutate_everything.ember_order = LAST  # after the Checkpoint's save of the same event
     trainer.add_event_handler(Events.ITERATION_COMPLETED, mutate_everything)
     # training runs on (iterations 4 and 5) while the save of iteration 3 is held
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda: gate.set())
@@ -137,7 +137,7 @@ def test_one_save_in_flight_the_next_waits_and_the_memory_is_reported_once(tmp_p
     def record(e) -> None:
         events.append((e.state.iteration, ckpt._writer.busy, checkpoint_files(tmp_path)))
 
-    record.order = LAST
+    record.ember_order = LAST
     trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
     # the held write is let go 0.3 s after iteration 4 asks for the next save, which must wait for it
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda: threading.Timer(0.3, gate.set).start())
@@ -213,7 +213,7 @@ def test_the_end_of_a_run_a_terminate_and_an_exception_wait_for_the_save_in_flig
             elif how == "exception":
                 raise RuntimeError("a handler failed")
 
-    at_3.order = LAST
+    at_3.ember_order = LAST
     trainer.add_event_handler(Events.ITERATION_COMPLETED, at_3)
     if how == "exception":
         with pytest.raises(RuntimeError, match="a handler failed"):

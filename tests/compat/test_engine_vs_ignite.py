@@ -192,3 +192,167 @@ def test_custom_events_fire_with_counters():
     ours, theirs = both(program)
     assert ours == theirs
     assert len([x for x in ours if x[0] == "my"]) == 4
+
+
+class Flaky:
+    """A step that raises once, at (epoch 1, iteration 3) of 5 batches, and records the batches it processed."""
+
+    def __init__(self):
+        self.done: list[int] = []
+        self.raised = False
+
+    def __call__(self, engine, batch):
+        if (engine.state.epoch, engine.state.iteration) == (1, 3) and not self.raised:
+            self.raised = True
+            raise RuntimeError("flaky step")
+        self.done.append(batch)
+        return batch
+
+
+def test_rerun_after_an_exception_finishes_the_epoch_where_ignite_does_not_run():
+    """A run that raised at epoch 1, iteration 3 (5 batches, max_epochs=2) is called again with `run()`.
+
+    Ignite's second `run()` returns None without running (its generator is spent). ember's finishes the failed run:
+    epoch 1 completes with the batch whose step raised run again, then epoch 2; the events and counters of both
+    calls together are those of one uninterrupted run on Ignite."""
+    data = list(range(5))
+    ignite_log: list = []
+    ignite_step = Flaky()
+    ignite_engine = make(IgniteEngine, IgniteEvents, ignite_log, ignite_step)
+    with pytest.raises(RuntimeError, match="flaky step"):
+        ignite_engine.run(data, max_epochs=2)
+    seen = len(ignite_log)
+    assert ignite_engine.run(data) is None and len(ignite_log) == seen
+    assert (ignite_engine.state.epoch, ignite_engine.state.iteration) == (1, 3)
+
+    uninterrupted: list = []
+    make(IgniteEngine, IgniteEvents, uninterrupted).run(data, max_epochs=2)
+    ours: list = []
+    step = Flaky()
+    engine = make(Engine, Events, ours, step)
+    with pytest.raises(RuntimeError, match="flaky step"):
+        engine.run(data, max_epochs=2)
+    assert (engine.state.epoch, engine.state.iteration) == (1, 3)  # what it reports after raising: Ignite's
+    failed = len(ours)
+    state = engine.run(data)
+    assert (state.epoch, state.iteration) == (2, 10)
+    assert step.done == data + data  # every batch once, the one whose step raised included
+    rest = ours[failed:]
+    # the rerun starts as a resume from a state_dict saved at iteration 2 would (epoch 0 done, then epoch 1),
+    # and from iteration 3's batch on it is the uninterrupted run, event for event
+    assert rest[:2] == [("STARTED", 0, 2), ("EPOCH_STARTED", 1, 2)]
+    restart = uninterrupted.index(("GET_BATCH_STARTED", 1, 2))
+    assert rest[2:] == uninterrupted[restart:]
+    assert ("EPOCH_COMPLETED", 1, 5) in rest and ("COMPLETED", 2, 10) in rest
+
+
+def test_rerun_after_a_handler_raised_goes_on_with_the_next_batch():
+    """When a handler raised (the step had run), the rerun does not run that batch again; epoch 1 completes."""
+    data = list(range(5))
+    done: list[int] = []
+    engine = Engine(lambda e, b: done.append(b))
+    epochs: list[tuple[int, int]] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.append((e.state.epoch, e.state.iteration)))
+    raised: list[int] = []
+
+    @engine.on(Events.ITERATION_COMPLETED(once=3))
+    def fail(e):
+        if not raised:
+            raised.append(e.state.iteration)
+            raise ValueError("handler failed")
+
+    with pytest.raises(ValueError, match="handler failed"):
+        engine.run(data, max_epochs=2)
+    state = engine.run(data)
+    assert done == data + data and epochs == [(1, 5), (2, 10)] and state.iteration == 10
+
+
+def test_a_new_state_after_an_exception_starts_from_zero():
+    """Resetting `max_epochs` (Ignite's way to start over) or loading a state_dict ignores the failed run."""
+    step = Flaky()
+    engine = Engine(step)
+    with pytest.raises(RuntimeError):
+        engine.run(list(range(5)), max_epochs=2)
+    engine.state.max_epochs = None
+    state = engine.run(list(range(5)), max_epochs=1)
+    assert (state.epoch, state.iteration) == (1, 5)
+
+    again = Engine(Flaky())
+    with pytest.raises(RuntimeError):
+        again.run(list(range(5)), max_epochs=2)
+    again.load_state_dict({"iteration": 5, "epoch_length": 5, "max_epochs": 2})
+    state = again.run(list(range(5)))
+    assert (state.epoch, state.iteration) == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["GET_BATCH_STARTED", "GET_BATCH_COMPLETED", "ITERATION_STARTED",
+                                  "ITERATION_COMPLETED", "EPOCH_COMPLETED", "STARTED"])
+def test_a_handler_added_while_its_event_fires_runs_in_that_firing(name):
+    """As on Ignite: a handler that a handler of the same event adds runs in that same firing (after the others),
+    and one it adds in turn too; filtered ones keep their filter."""
+
+    def program(E, Ev, log):
+        event = getattr(Ev, name)
+        engine = E(lambda e, b: b)
+        tag = lambda label: lambda e: log.append((label, e.state.epoch, e.state.iteration))  # noqa: E731
+
+        def nested(e):
+            log.append(("nested", e.state.epoch, e.state.iteration))
+            if not any(entry[0] == "deeper" for entry in log):
+                e.add_event_handler(event, tag("deeper"))
+
+        def adder(e):
+            log.append(("adder", e.state.epoch, e.state.iteration))
+            if not any(entry[0] == "nested" for entry in log):
+                e.add_event_handler(event, nested)
+                e.add_event_handler(event(every=2), tag("every2"))
+
+        engine.add_event_handler(event, adder)
+        engine.add_event_handler(event, tag("after"))
+        engine.run([0, 1, 2, 3], max_epochs=2)
+
+    ours, theirs = both(program)
+    assert ours == theirs
+    labels = [entry[0] for entry in ours]
+    assert labels[:3] == ["adder", "after", "nested"]  # one firing: the adder's handlers, then what it added
+    assert "deeper" in labels[3:5] and "every2" in labels
+
+
+def test_a_handler_placed_before_the_running_one_runs_once_in_that_firing():
+    """ember places a handler with a lower `ember_order` before the running one; it runs in the same firing and the
+    running handler does not run twice (a position-based walk of the list, like Ignite's, would run it again)."""
+    from ember.engine.order import ordered
+
+    calls: list[str] = []
+    engine = Engine(lambda e, b: None)
+
+    @ordered(-5)
+    def early(e):
+        calls.append("early")
+
+    def adder(e):
+        calls.append("adder")
+        if "early" not in calls:
+            e.add_event_handler(e.last_event_name, early)
+
+    for event in (Events.EPOCH_COMPLETED, Events.ITERATION_COMPLETED):
+        calls.clear()
+        engine = Engine(lambda e, b: None)
+        engine.add_event_handler(event, adder)
+        engine.run([0], max_epochs=2)
+        assert calls == ["adder", "early", "early", "adder"]
+
+
+def test_an_interrupted_run_dropped_for_a_new_state_does_not_count_as_a_failed_one():
+    """Ignite's own test_engine_interrupt_restart: the dropped generator gets GeneratorExit, which is no failure."""
+
+    def program(E, Ev, log):
+        engine = make(E, Ev, log)
+        engine.add_event_handler(Ev.ITERATION_COMPLETED(once=6), lambda e: e.interrupt())
+        engine.run(list(range(4)), max_epochs=3)
+        engine.state.max_epochs = None
+        state = engine.run(list(range(4)), max_epochs=2)
+        log.append(("end", state.epoch, state.iteration))
+
+    ours, theirs = both(program)
+    assert ours == theirs and ours[-1] == ("end", 2, 6)

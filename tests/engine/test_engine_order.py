@@ -1,4 +1,4 @@
-"""Declared handler order: lower `order` first, ties in attachment order; ember's handlers default to levels that
+"""Declared handler order: lower `ember_order` first, ties in attachment order; ember's handlers default to levels that
 put computing before reading and the checkpoint after the handlers whose state it saves; the printable plan."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import ignite.engine
+import pytest
 import torch
 
 from ember.callbacks import Checkpoint, EarlyStopping, Evaluate, LossPrinter, TerminateOnNan
@@ -19,7 +20,7 @@ def named(calls: list[str], name: str, order: int | None = None):
 
     handler.__qualname__ = name
     if order is not None:
-        handler.order = order
+        handler.ember_order = order
     return handler
 
 
@@ -47,6 +48,63 @@ def test_order_holds_for_filtered_events_and_callback_objects():
     engine.add(Callback(), order=-10)
     engine.run([0, 1], max_epochs=1)
     assert calls == ["plain", "callback", "plain"]
+
+
+def test_a_handlers_own_order_attribute_is_not_ember_order():
+    """An `order` a handler has for its own reasons (a polynomial feature's degree, say) leaves it in attachment
+    order, as on Ignite; only `ember_order` (set by `@ordered`, by `engine.add(order=)` or by hand) places it."""
+    calls: list[str] = []
+
+    class Polynomial:
+        def __init__(self, order):
+            self.order = order
+
+        def __call__(self, engine):
+            calls.append(f"poly{self.order}")
+
+        def attach(self, engine):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def own_order(engine):
+        calls.append("fn")
+
+    own_order.order = -5
+    for engine in (Engine(lambda e, b: None), ignite.engine.Engine(lambda e, b: None)):
+        engine.add_event_handler(Events.ITERATION_COMPLETED, named(calls, "first"))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, Polynomial(3))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, own_order)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, Polynomial(-2).__call__)
+        engine.run([0], max_epochs=1)
+    assert calls == ["first", "poly3", "fn", "poly-2"] * 2
+
+    calls.clear()
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, named(calls, "first"))
+    poly = engine.add(Polynomial(3), order=-1)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, levels.ordered(-2)(named(calls, "decorated")))
+    engine.run([0], max_epochs=1)
+    assert calls == ["decorated", "poly3", "first"]
+    assert poly.order == 3 and poly.ember_order == -1
+
+
+def test_ordered_declares_a_class_and_refuses_a_non_int():
+    calls: list[str] = []
+
+    @levels.ordered(levels.READ)
+    class Reader:
+        def attach(self, engine):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.read)
+
+        def read(self, engine):
+            calls.append("reader")
+
+    engine = Engine(lambda e, b: None)
+    engine.add(Reader())
+    engine.add_event_handler(Events.EPOCH_COMPLETED, named(calls, "plain"))
+    engine.run([0], max_epochs=1)
+    assert calls == ["plain", "reader"]
+    with pytest.raises(TypeError, match=r"ordered\(level\): level must be an int"):
+        levels.ordered("100")
 
 
 def test_handlers_without_order_keep_ignites_attachment_order():

@@ -135,7 +135,7 @@ def run_until(root: Path, path: str, folder: Path, stop_at: int | None, *, raise
         def fail(engine):
             raise Raised("a handler failed in the epoch's end")
 
-        fail.order = 150  # after the scheduler and EpochEnds (DEFAULT), before the checkpoint
+        fail.ember_order = 150  # after the scheduler and EpochEnds (DEFAULT), before the checkpoint
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_at // (N_ITER // EPOCHS)), fail)
         with pytest.raises(Raised):
             trainer.run(loader, max_epochs=EPOCHS)
@@ -196,7 +196,7 @@ def test_a_save_at_an_epochs_last_iteration_is_written_again_after_the_epoch_end
     def look(engine):
         written.append((engine.state.iteration, load_payload(saver.last_path)["epoch_end_pending"]))
 
-    look.order = 500  # after the checkpoint
+    look.ember_order = 500  # after the checkpoint
     objects["trainer"].add_event_handler(Events.ITERATION_COMPLETED(every=3), look)
     objects["trainer"].run(loader, max_epochs=1)
     assert written == [(3, False), (6, True)]  # the file of iteration 6 was written before the epoch's end
