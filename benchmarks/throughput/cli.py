@@ -14,6 +14,11 @@ gives medians with min..max. Rows:
                     (on CPU only where the CPU computes bf16 natively, e.g. AVX512-BF16 or AMX)
   ember-fast-compile  (CUDA) the same plus torch.compile(mode="max-autotune-no-cudagraphs")
 
+Before every timed run, the bare floor: one pass of the model's own forward pass, and of its training step
+(forward, backward, optimizer step), over ready-made batches of the same data; the best pass counts. No loop
+can evaluate faster than the bare forward pass or train faster than the bare step: a row that does (beyond
+FP32_SLACK, or FAST_SLACK for rows that change the arithmetic) is reported as implausible, its clock is wrong.
+
 The loops live one per framework in this package; this module measures them and prints the report.
 """
 
@@ -47,6 +52,12 @@ from ember.recipes import RECIPES
 LOOPS = ("seed", "ignite", "lightning", "ember-dataloader", "seed-inmemory", "ember", "ember-fast",
          "ember-fast-compile")
 CUDA_ONLY = ("ember-fast-compile",)
+FAST_ROWS = ("ember-fast", "ember-fast-compile")
+FP32_SLACK = 5.0
+"""How far above the bare floor an fp32 row's median may be before it is implausible (timing noise on a
+loaded machine; a clock that stops in the wrong place is off by orders of magnitude)."""
+FAST_SLACK = 50.0
+"""The same for rows with bf16, CUDA graphs or torch.compile, which may beat an eager fp32 step."""
 
 
 def runners(cfg: Config) -> dict[str, tuple[str, Callable[[Job], float]]]:
@@ -82,6 +93,55 @@ def timed_run(run: Callable[[Job], float], job: Job) -> tuple[float, float, floa
     return time.perf_counter() - t0, accuracy, load.share()
 
 
+class BareFloor:
+    """The fastest samples/s seen of the model's bare training step and bare forward pass on ready-made batches.
+
+    `measure()` runs one pass over up to `max_batches` batches of each split; the benchmark runs one before
+    every timed run, so the best pass is an upper bound for every loop's rates even on a loaded machine.
+    """
+
+    def __init__(self, cfg: Config, loaders: dict[str, Any], device: torch.device, lr: float,
+                 max_batches: int = 20) -> None:
+        self.cfg, self.clock = cfg, Clock(device)
+        torch.manual_seed(0)
+        self.model = cfg.model().to(device)
+        self.optimizer = cfg.optimizer(self.model.parameters(), lr)
+        self.batches = {split: [b for _, b in zip(range(max_batches), loaders[split])] for split in ("train", "test")}
+        self.best = {"train_samples_per_s": 0.0, "eval_samples_per_s": 0.0}
+
+    def measure(self) -> None:
+        t0 = self.clock.now()
+        for x, y in self.batches["train"]:
+            loss = self.cfg.loss_fn(self.model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        t1 = self.clock.now()
+        with torch.no_grad():
+            for x, _y in self.batches["test"]:
+                self.model(x)
+        t2 = self.clock.now()
+        for key, seconds, split in (("train_samples_per_s", t1 - t0, "train"), ("eval_samples_per_s", t2 - t1, "test")):
+            samples = sum(len(y) for _x, y in self.batches[split])
+            self.best[key] = max(self.best[key], samples / max(seconds, 1e-9))
+
+
+def implausible(report: dict[str, Any]) -> list[str]:
+    """The rows whose median rate beats the bare floor by more than the slack: their clock is wrong."""
+    floor = report.get("bare_floor")
+    if not floor:
+        return []
+    problems = []
+    for name, row in report["loops"].items():
+        slack = FAST_SLACK if name in FAST_ROWS else FP32_SLACK
+        for key, what in (("train_samples_per_s", "bare training step"), ("eval_samples_per_s", "bare forward pass")):
+            rate, bound = row[key]["median"], floor[key]
+            if rate > slack * bound:
+                problems.append(f"{name}: {key} {rate:,.0f} is over {slack:g}x the {what}'s {bound:,.0f} "
+                                f"on the same data: the loop's clock is wrong")
+    return problems
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected loops `repeats` times, interleaved; summarise samples/s, epoch time and accuracy."""
     cfg = CONFIGS[args.recipe]
@@ -109,6 +169,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}", file=sys.stderr)
     active = [name for name in selected if name not in skipped]
+    floor = BareFloor(cfg, loaders["fast"], device, recipe.lr)
     timed = slice(args.warmup_epochs, None)
     results = {name: {k: [] for k in ("train", "eval", "epoch", "acc", "other", "reruns")} for name in active}
     for r in range(args.repeats):
@@ -117,6 +178,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             res = results[name]
             path, run = table[name]
             for attempt in range(args.retries + 1):
+                floor.measure()
                 clock = Clock(device)
                 job = Job(cfg, recipe.lr, args.epochs, loaders[path], device, clock)
                 seconds, accuracy, other = timed_run(run, job)
@@ -156,7 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "data": origin, "train_samples": len(train), "test_samples": len(test), "batch_size": batch_size,
         "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "repeats": args.repeats,
         "num_workers": num_workers, "busy_above_pct": args.busy_above, "retries": args.retries,
-        "loops": loops, "skipped": skipped,
+        "loops": loops, "skipped": skipped, "bare_floor": floor.best,
     }
 
 
@@ -204,6 +266,12 @@ def render(report: dict[str, Any]) -> str:
         )
     for name, reason in report["skipped"].items():
         lines.append(f"| {name} | skipped: {reason} | | | | | |")
+    floor = report.get("bare_floor")
+    if floor:
+        lines += ["", f"Bare floor on ready-made batches (best pass): training step "
+                      f"{floor['train_samples_per_s']:,.0f} samples/s, forward pass "
+                      f"{floor['eval_samples_per_s']:,.0f} samples/s."]
+    lines += [f"IMPLAUSIBLE: {problem}" for problem in implausible(report)]
     return "\n".join(lines)
 
 

@@ -368,9 +368,12 @@ class Checkpoint:
         if why:
             if not self._warned_refusal:
                 self._warned_refusal = True
+                # after TerminateOnNan's stop, "iteration N" alone would read as if training had gone on
+                what = (f"the stopped run (iteration {step})" if getattr(engine.state, "terminated_on_nan", None)
+                        else f"iteration {step} (epoch {engine.state.epoch})")
                 warnings.warn(
-                    f"Checkpoint: NOT saving iteration {step} (epoch {engine.state.epoch}): {why}. The last good "
-                    f"checkpoint ({self.last_path or 'none yet'}) is kept untouched; later refusals are not reported",
+                    f"Checkpoint: NOT saving {what}: {why}. The last good checkpoint "
+                    f"({self.last_path or 'none yet'}) is kept untouched; later refusals are not reported",
                     RuntimeWarning, stacklevel=4,
                 )
             return None
@@ -415,7 +418,7 @@ class Checkpoint:
         """Why this state must not be saved (a non-finite loss or weights), or None."""
         nan_at = getattr(engine.state, "terminated_on_nan", None)  # an Ignite engine's State does not declare it
         if nan_at is not None:
-            return f"TerminateOnNan stopped the run at {nan_at}"
+            return f"TerminateOnNan found a non-finite value at epoch {nan_at[0]}, iteration {nan_at[1]}"
         leaves = float_leaves(engine.state.output)
         if any(not bool(torch.isfinite(torch.as_tensor(x)).all()) for x in leaves):
             return f"the output of iteration {engine.state.iteration} (the loss) is not finite"

@@ -8,6 +8,11 @@ import sys
 from types import TracebackType
 from typing import Any
 
+try:
+    import termios
+except ImportError:  # not on Windows
+    termios = None  # type: ignore[assignment]
+
 from ember import distributed as dist
 from ember.data.loader import ignore_stop_signals
 from ember.engine import Engine, Events, exception_observer
@@ -43,6 +48,46 @@ def _say(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except (OSError, ValueError):
+        pass
+
+
+def _quiet_ctrl_c() -> tuple[int, list[Any]] | None:
+    """Turn off the terminal's `^C` echo (ECHOCTL) on stdin while the run can be stopped, so that a Ctrl-C
+    leaves no `^C` glued to the progress bar; the settings to restore, or None when stdin is not a terminal
+    or belongs to another (foreground) job."""
+    try:
+        if termios is None or not hasattr(termios, "ECHOCTL"):
+            return None
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            return None
+        try:
+            if os.tcgetpgrp(fd) != os.getpgrp():
+                return None  # a background job must not change the foreground's terminal (SIGTTOU)
+        except OSError:
+            pass  # not this process's controlling terminal: no job to disturb
+        saved = termios.tcgetattr(fd)
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHOCTL
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        return fd, saved
+    except (AttributeError, OSError, ValueError, termios.error):
+        return None
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _restore_terminal(saved: tuple[int, list[Any]] | None) -> None:
+    if saved is None or termios is None:
+        return
+    try:
+        termios.tcsetattr(saved[0], termios.TCSANOW, saved[1])
+    except (OSError, ValueError, termios.error):
         pass
 
 
@@ -88,6 +133,7 @@ class GracefulStop:
         self._previous: dict[int, Any] = {}
         self._in_block = False
         self._run_handles: list[Any] = []
+        self._terminal: tuple[int, list[Any]] | None = None
 
     @property
     def reason(self) -> str | None:
@@ -139,6 +185,8 @@ class GracefulStop:
         self._previous = {s: signal.getsignal(s) for s in self.signals}
         for s in self.signals:
             signal.signal(s, self._handle)
+        if signal.SIGINT in self.signals:
+            self._terminal = _quiet_ctrl_c()
 
     @exception_observer
     def _uninstall_on_exception(self, engine: Engine, exc: BaseException) -> None:
@@ -148,6 +196,8 @@ class GracefulStop:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+        _restore_terminal(self._terminal)
+        self._terminal = None
         for handle in self._run_handles:
             handle.remove()
         self._run_handles = []
@@ -164,7 +214,9 @@ class GracefulStop:
             engine.state.stop_reason = self.reason
         if hasattr(signal, "SIGCHLD"):
             signal.signal(signal.SIGCHLD, _ignore_signal)
-        _say(f"\n{self.reason} received: finishing the current iteration and saving a checkpoint "
+        # a new line after a `^C` echo, where the terminal's echo could not be turned off
+        echo = "\n" if self._terminal is None and _stdin_is_terminal() else ""
+        _say(f"{echo}{self.reason} received: finishing the current iteration and saving a checkpoint "
              "(Ctrl-C again to abort now)")
         # The engine clears `output` after fetching a batch and sets it when the step returns: before that,
         # terminating would end the run with the new iteration count and the old weights.
@@ -172,6 +224,7 @@ class GracefulStop:
             engine.terminate()
 
     def _abort(self) -> None:
+        _restore_terminal(self._terminal)
         _say("ember: aborted by a second interrupt; the checkpoints saved so far are kept")
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,17 @@ class _AboveTheBar:
         return getattr(self._stream, name)
 
 
+class _Nowhere:
+    """Where a bar forced onto a non-terminal draws while it runs: nothing is kept (its last state is written
+    whole when it closes)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def _isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -54,13 +66,19 @@ class ProgressBar:
 
     `per="epoch"`: one bar per epoch over its iterations; `per="run"`: one bar over the run's epochs (like
     `tqdm.trange(epochs)`). `enabled=None` shows the bar only when both sys.stdout and the bar's stream
-    (`file`, default sys.stderr) are terminals, so logs redirected to a file stay clean. The postfix shows
-    `loss=` from `output_transform(engine.state.output)` (default: the output itself) when it is a number or a
-    one-element tensor; other outputs (an evaluator's `(y_pred, y)`) show no postfix. Extra keyword
+    (`file`, default sys.stderr) are terminals, so logs redirected to a file stay clean. `enabled=True` on a
+    stream that is not a terminal (`--progress | tee log`) draws nothing while the bar runs and writes its
+    final state as one whole line when it closes: no carriage returns, no line glued to a bar. The postfix
+    shows `loss=` from `output_transform(engine.state.output)` (default: the output itself) when it is a
+    number or a one-element tensor, and `samples/s=` (samples counted batch by batch since the bar opened);
+    other outputs (an evaluator's `(y_pred, y)`) show no loss. Below NARROW columns the bar drops tqdm's
+    elapsed time and it/s, and below NARROWEST the samples/s, so that the loss is never cut. Extra keyword
     arguments go to `tqdm` (`leave`, `ncols`, `ascii`, ...).
     """
 
     ember_order = order_levels.PROGRESS
+    NARROW = 100
+    NARROWEST = 80
 
     def __init__(
         self,
@@ -89,7 +107,9 @@ class ProgressBar:
         self._redirected: tuple[Any, Any] = (None, None)
         self._epoch_start = 0
         self._last_refresh = self._opened_at = 0.0
-        self._opened_iteration = 0
+        self._samples = 0
+        self._terminal = True
+        self._columns: int | None = None
 
     def _is_enabled(self, stream: Any) -> bool:
         if self.enabled is not None:
@@ -103,6 +123,8 @@ class ProgressBar:
             return
         self._stream = stream
         self._engine = engine
+        self._terminal = _isatty(stream)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
         if self.per == "epoch":
             engine.add_event_handler(Events.EPOCH_STARTED, self._open_epoch_bar)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish_epoch_bar)
@@ -113,11 +135,29 @@ class ProgressBar:
         engine.add_event_handler(Events.COMPLETED | Events.TERMINATE, self.close)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
+    def _count(self, engine: Engine) -> None:
+        self._samples += batch_size_of(engine.state.batch) or 0
+
+    def _width(self) -> int | None:
+        ncols = self.tqdm_kwargs.get("ncols")
+        if isinstance(ncols, int):
+            return ncols
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return None
+
     def _new_bar(self, total: int | None, initial: int, desc: str, unit: str) -> tqdm:
         self.close()
         kwargs = {"mininterval": self.mininterval, "unit": unit, **self.tqdm_kwargs}
         self._last_refresh = self._opened_at = time.monotonic()
-        self._opened_iteration = self._engine.state.iteration if self._engine is not None else 0
+        self._samples = 0
+        self._columns = self._width() if self._terminal else None
+        if self._columns is not None and self._columns < self.NARROW and total:
+            kwargs.setdefault("bar_format", "{l_bar}{bar}| {n_fmt}/{total_fmt} [{remaining}{postfix}]")
+        if not self._terminal:  # drawn once, as a whole line, when it closes (see close)
+            kwargs["file"] = _Nowhere()
+            return tqdm(total=total, initial=initial, desc=desc, **kwargs)
         bar = tqdm(total=total, initial=initial, desc=desc, file=self._stream, **kwargs)
         self._redirected = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _AboveTheBar(sys.stdout, self), _AboveTheBar(sys.stderr, self)
@@ -155,17 +195,17 @@ class ProgressBar:
         self.bar = self._new_bar(s.max_epochs, s.epoch, self.desc if self.desc is not None else "Epochs", "epoch")
 
     def _set_loss(self, engine: Engine) -> None:
-        bar = self.bar
-        if bar is None:
-            return
+        if self.bar is not None:
+            self._set_loss_of(self.bar, engine)
+
+    def _set_loss_of(self, bar: tqdm, engine: Engine) -> None:
         output = engine.state.output
         loss = as_number(self.output_transform(output) if self.output_transform is not None else output)
         postfix = {"loss": f"{float(loss):.4f}"} if isinstance(loss, numbers.Real) else {}
-        size = batch_size_of(engine.state.batch)
         elapsed = time.monotonic() - self._opened_at
-        if size and elapsed > 0 and engine.state.iteration > self._opened_iteration:
-            rate = (engine.state.iteration - self._opened_iteration) * size * dist.world_size() / elapsed
-            postfix["samples/s"] = tqdm.format_sizeof(rate)
+        narrowest = self._columns is not None and self._columns < self.NARROWEST
+        if self._samples and elapsed > 0 and not narrowest:
+            postfix["samples/s"] = tqdm.format_sizeof(self._samples * dist.world_size() / elapsed)
         if postfix:
             bar.set_postfix(postfix, refresh=False)
 
@@ -209,6 +249,18 @@ class ProgressBar:
         """Draw the bar's final state and close it; calling it again is harmless."""
         if self.bar is not None:
             bar, self.bar = self.bar, None
+            engine = self._engine
+            if engine is not None and self.per == "epoch":  # a stopped run's bar shows the last iteration done
+                position = engine.state.iteration - self._epoch_start
+                if position > bar.n:
+                    self._set_loss_of(bar, engine)
+                    bar.update(position - bar.n)
+            if not self._terminal:
+                try:
+                    self._stream.write(str(bar) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass
             bar.close()
             if isinstance(sys.stdout, _AboveTheBar) and sys.stdout._owner is self:
                 sys.stdout, sys.stderr = self._redirected

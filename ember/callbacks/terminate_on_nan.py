@@ -126,7 +126,10 @@ class TerminateOnNan:
             what += " on another rank"
         elif is_loss and value is not None:
             what += f" ({value})"
-        self.message = f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}; training stopped."
+        seen = engine.state.iteration
+        found = f" (found at iteration {seen}, checked every {self.check_every})" if seen != iteration else ""
+        self.message = (f"TerminateOnNan: non-finite {what} at epoch {epoch}, iteration {iteration}{found}; "
+                        "training stopped.")
         engine.state.terminated_on_nan = (epoch, iteration)
         if logger.hasHandlers():  # with none, logging's last-resort handler would print it a second time
             logger.error(self.message)

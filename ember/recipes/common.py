@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import os
 import random
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from ember.callbacks.eval_pictures import EvalPictures
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.flags import MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
+from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import RunError, RunFolder, fit, place
 from ember.steps import create_evaluator, create_trainer
@@ -66,6 +68,9 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        slow = slow_amp_warning(args.amp, self.device)
+        if slow and dist.is_main():
+            print(slow, file=sys.stderr)
         try:
             self.run = place(run or args.checkpoint_dir, root=os.path.join("checkpoints", recipe.name))
         except RunError as exc:

@@ -9,6 +9,7 @@ accuracy.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from ember.callbacks import Evaluate
+from ember.callbacks._output import resumes_mid_epoch
 from ember.engine import Engine, Events
 from ember.engine import order as order_levels
 from ember.recipes.common import RunContext
@@ -55,17 +57,23 @@ def loss_and_correct(images: Any, labels: torch.Tensor, preds: torch.Tensor, los
 
 
 class EpochTotals:
-    """Sums the epoch's batch losses and correct counts on the device and prints them as the seed does."""
+    """Sums the epoch's batch losses and correct counts on the device and prints them as the seed does.
+
+    Its sums are part of a checkpoint (`state_dict`): a run resumed mid-epoch prints the whole epoch's totals,
+    what the straight run prints.
+    """
 
     ember_order = order_levels.PROGRESS  # the seed prints its epoch line before it evaluates
 
     def __init__(self) -> None:
         self.total_loss: Any = 0.0
         self.total_correct: Any = 0
+        self._iteration = 0
+        self._restored: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         """Restart the sums each epoch, add every step's output, print at the epoch's end."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.report)
 
@@ -73,16 +81,34 @@ class EpochTotals:
         """Zero both sums."""
         self.total_loss, self.total_correct = 0.0, 0
 
+    def _epoch_started(self, engine: Engine) -> None:
+        restored, self._restored = self._restored, None
+        if restored is not None and resumes_mid_epoch(engine, restored["iteration"]):
+            self.total_loss, self.total_correct = restored["total_loss"], restored["total_correct"]
+        else:
+            self.reset()
+
     def update(self, engine: Engine) -> None:
         """Add the step's loss and correct count, on the device."""
         output = engine.state.output
         self.total_loss = output["loss"].double() + self.total_loss  # float64 like the seed's Python sum
         self.total_correct = output["correct"] + self.total_correct
+        self._iteration = engine.state.iteration
 
     def report(self, engine: Engine) -> None:
         """Read both sums (one sync each) and print the seed's line, with its 0-based epoch."""
         total_loss, total_correct = float(self.total_loss), int(self.total_correct)
         print("epoch:", engine.state.epoch - 1, "total_correct:", total_correct, "loss:", total_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far in the epoch (read once: a checkpoint syncs anyway) and the iteration they cover."""
+        return {"iteration": self._iteration, "total_loss": float(self.total_loss),
+                "total_correct": int(self.total_correct)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the saved sums when the run resumes at the iteration they were saved at (mid-epoch)."""
+        self._restored = {"iteration": int(state_dict["iteration"]), "total_loss": float(state_dict["total_loss"]),
+                          "total_correct": int(state_dict["total_correct"])}
 
 
 def train(args: argparse.Namespace, run: RunContext) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +22,9 @@ from torch import nn
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
 from ember.engine import Engine, Events
 from ember.recipes.common import RunContext
+from ember.recipes.precision import native_bf16
 from ember.recipes.recipe import Recipe
+from ember.run import finished
 
 TARGET = 0.92
 # FashionMNIST's training-set pixel mean and standard deviation, after ToTensor.
@@ -49,14 +53,6 @@ class SpeedNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The speed run's own flags."""
     p.add_argument("--fp32", action="store_true",
@@ -66,7 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class TimeToTarget:
-    """Prints test accuracy and elapsed time after each evaluation, and when the target was first met."""
+    """Prints test accuracy and elapsed time after each evaluation, and when the target was first met.
+
+    Its best accuracy, when the target was met and the time so far are part of a checkpoint (`state_dict`), so
+    a resumed run's summary covers the evaluations before the stop; a run stopped before its last epoch
+    (a signal, `--max-iterations`) says nothing about the target.
+    """
 
     def __init__(self, start: float, target: float = TARGET) -> None:
         self.start = start
@@ -92,10 +93,21 @@ class TimeToTarget:
                   f"(epoch {engine.state.epoch})")
 
     def completed(self, engine: Engine) -> None:
-        """Say whether the target was met."""
-        if self.reached_s is None:
+        """Say whether the target was met, once the run has trained all its epochs."""
+        if self.reached_s is None and finished(engine.state):
             print(f"Did not reach {100 * self.target:.0f}% in {engine.state.epoch} epoch(s) (best "
                   f"{100 * self.best:.2f}%); train longer with --epochs")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best accuracy so far, when the target was met (or None) and the seconds since the start."""
+        return {"best": self.best, "reached_s": self.reached_s, "elapsed_s": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue from the saved figures; the time before the stop counts in "since start"."""
+        self.best = float(state_dict["best"])
+        reached = state_dict["reached_s"]
+        self.reached_s = None if reached is None else float(reached)
+        self.start -= float(state_dict["elapsed_s"])
 
 
 def train(args: argparse.Namespace, run: RunContext) -> int:

@@ -16,22 +16,30 @@ from ember.run import RunFolder, latest_run_dir
 from ember.run.folder import describe
 
 
+def _number(text: str, kind: type, expected: str) -> Any:
+    """`text` as an int or a float; a word that is not one gets argparse's `argument --flag: expected ...`."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "an integer, 0 or more")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float, "a positive number such as 0.01 or 1e-3")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     if not value > 0:
@@ -43,7 +51,7 @@ SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed takes as a signed 6
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "an integer")
     if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         raise argparse.ArgumentTypeError(f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {text}")
     return value
@@ -53,6 +61,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only where it says something: not None/False, not a switch, not already stated."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse.BooleanOptionalAction) and action.default is True:
+            return f"{action.help} (default: on)"  # --images: say that it is on unless --no-images
         if action.default is None or action.default is False or action.nargs == 0 or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
@@ -63,7 +73,7 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p = argparse.ArgumentParser(
         prog=f"{prog} {recipe.name}",
         usage="%(prog)s [flags]  (--help lists the flags and their defaults)",
-        description=f"{recipe.summary} (seed {recipe.program})",
+        description=recipe.summary if recipe.program == "-" else f"{recipe.summary} (seed {recipe.program})",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("--epochs", type=_positive_int, default=recipe.epochs, help="epochs to train")
@@ -199,6 +209,7 @@ def find_run(recipe: Recipe, args: argparse.Namespace) -> RunFolder | None:
         folder = latest_run_dir(root)
         if folder is None:
             print(f"No earlier run of {recipe.name} in {root}: starting a new run.")
+            args.resume = False  # said once: nothing for fit to look for
             return None
         return RunFolder.open(folder)
     target = named if named is not None else args.checkpoint_dir

@@ -9,7 +9,7 @@ picks one of the four schedulers the article shows, with its parameters.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +19,8 @@ from torch.optim import SGD
 from torch.optim.lr_scheduler import ExponentialLR, MultiStepLR, ReduceLROnPlateau, StepLR
 
 from ember.callbacks import EvalEvents, Evaluate, LRScheduler
-from ember.engine import Events
+from ember.callbacks._output import resumes_mid_epoch
+from ember.engine import Engine, Events
 from ember.recipes.common import RunContext
 from ember.recipes.recipe import Recipe
 
@@ -82,6 +83,41 @@ class SeedLoss:
         return self.total / max(self.batches, 1)
 
 
+class TrainingSeedLoss(SeedLoss):
+    """SeedLoss over a training epoch: restarted each epoch, one batch added per step, carried by checkpoints
+    (`state_dict`), so that a run resumed mid-epoch prints the whole epoch's figure, as the straight run does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._iteration = 0
+        self._restored: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Restart the sum at each epoch's start and add every step's loss and batch size."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        restored, self._restored = self._restored, None
+        if restored is not None and resumes_mid_epoch(engine, restored["iteration"]):
+            self.total, self.batches = restored["total"], restored["batches"]
+        else:
+            self.reset()
+
+    def _step(self, engine: Engine) -> None:
+        self.add(engine.state.output, len(engine.state.batch[1]))
+        self._iteration = engine.state.iteration
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sum so far in the epoch (read once: a checkpoint syncs anyway), its batches and last iteration."""
+        return {"iteration": self._iteration, "total": float(self.total), "batches": self.batches}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the saved sum when the run resumes at the iteration it was saved at (mid-epoch)."""
+        self._restored = {"iteration": int(state_dict["iteration"]), "total": float(state_dict["total"]),
+                          "batches": int(state_dict["batches"])}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The recipe's own flag: which of the article's schedulers to use."""
     p.add_argument("--scheduler", choices=list(SCHEDULERS), default="plateau",
@@ -98,9 +134,7 @@ def train(args: argparse.Namespace, run: RunContext) -> int:
     scheduler = SCHEDULERS[args.scheduler](optimizer)
 
     trainer = run.trainer(model, optimizer, loss)
-    train_loss = SeedLoss()
-    trainer.on(Events.EPOCH_STARTED)(train_loss.reset)
-    trainer.on(Events.ITERATION_COMPLETED)(lambda e: train_loss.add(e.state.output, len(e.state.batch[1])))
+    train_loss = trainer.add(TrainingSeedLoss())
 
     # TensorBoard gets the true mean losses (the trainer's and the evaluator's "loss"); the seed's figures
     # (SeedLoss) are printed, and the seed's validation figure steps ReduceLROnPlateau.

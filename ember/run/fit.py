@@ -86,7 +86,7 @@ def fit(
                              "max_iterations" if enough == "max_iterations" else None, record.run_id, run.path,
                              logdir, resumed)
         objects[RUN_KEY] = record
-        _say(f"ember: run {record.run_id}: checkpoints go to {run.path}, {_logs(logdir)}", err=True)
+        _say(_where(record.run_id, run.path, logdir), err=True)
         wiring = _wire(trainer, objects, run.path, checkpoint_every=checkpoint_every, keep_last=keep_last,
                        async_checkpoint=async_checkpoint, nan_guard=nan_guard, tensorboard=tensorboard,
                        logdir=logdir, hparams=hparams, progress=progress, progress_per=progress_per,
@@ -122,11 +122,13 @@ def _say(line: str, *, err: bool = False) -> None:
         print(line, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _logs(logdir: str | None) -> str:
+def _where(run_id: str, folder: str, logdir: str | None) -> str:
+    """Where the run's checkpoints and logs go: two short lines with TensorBoard, not one of two paths."""
     if not logdir:
-        return "no TensorBoard logs"
+        return f"ember: run {run_id}: checkpoints go to {folder}, no TensorBoard logs"
     parent = os.path.dirname(os.path.normpath(logdir)) or logdir
-    return f"TensorBoard logs to {logdir} (view them: ember board {parent})"
+    return (f"ember: run {run_id}: checkpoints go to {folder}\n"
+            f"ember: TensorBoard logs go to {logdir} (view them: ember board {parent})")
 
 
 def _holds_events(logdir: str) -> bool:

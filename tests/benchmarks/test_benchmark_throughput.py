@@ -46,12 +46,40 @@ def test_mlp_benchmark_prints_every_loop_and_writes_json(tmp_path, capsys):
             assert row[key]["min"] <= row[key]["median"] <= row[key]["max"]
         assert row["train_samples_per_s"]["median"] > 0
     assert report["loops"]["seed"]["train_ratio_to_seed"] == pytest.approx(1.0)
+    # no loop evaluates faster than the bare forward pass or trains faster than the bare step on the same data
+    # (ember's clock once stopped after Evaluate: eval samples/s in the billions, train time including eval)
+    assert set(report["bare_floor"]) == {"train_samples_per_s", "eval_samples_per_s"}
+    assert throughput.implausible(report) == []
+    assert "IMPLAUSIBLE" not in printed and "Bare floor on ready-made batches" in printed
     # same model, initial weights, data and order: the seed loop and ember end at the same accuracy
     accuracy = {name: row["test_accuracy_pct"]["median"] for name, row in report["loops"].items()}
     assert accuracy["ember"] == pytest.approx(accuracy["seed"], abs=0.5)
     assert accuracy["ember-dataloader"] == pytest.approx(accuracy["seed"], abs=0.5)
     if "ember-fast" in accuracy:  # bf16 products round differently: a few of the 256 test images may flip
         assert accuracy["ember-fast"] == pytest.approx(accuracy["seed"], abs=3.0)
+
+
+def test_a_rate_above_the_bare_floor_is_reported_as_implausible():
+    def row(train, evaluate):
+        return {"train_samples_per_s": {"median": train}, "eval_samples_per_s": {"median": evaluate}}
+
+    floor = {"train_samples_per_s": 20_000.0, "eval_samples_per_s": 80_000.0}
+    report = {"bare_floor": floor, "loops": {"seed": row(8_000, 11_000), "ember": row(17_000, 6_443_298_672),
+                                             "ember-dataloader": row(150_000, 11_000),
+                                             "ember-fast": row(60_000, 300_000)}}
+    problems = throughput.implausible(report)
+    assert len(problems) == 2
+    assert problems[0].startswith("ember: eval_samples_per_s 6,443,298,672 is over 5x the bare forward pass")
+    assert problems[1].startswith("ember-dataloader: train_samples_per_s 150,000 is over 5x the bare training step")
+    assert "IMPLAUSIBLE: ember: eval_samples_per_s" in throughput.render(
+        {**report, "recipe": "r", "seed_program": "000", "device": "cpu", "device_name": "x", "train_samples": 1,
+         "test_samples": 1, "data": "d", "batch_size": 1, "epochs": 1, "warmup_epochs": 0, "repeats": 1,
+         "torch": "t", "torch_threads": 1, "date": "d", "skipped": {},
+         "loops": {name: {**r, "epoch_s": {"median": 1, "min": 1, "max": 1},
+                          "train_samples_per_s": {**r["train_samples_per_s"], "min": 1, "max": 1},
+                          "eval_samples_per_s": {**r["eval_samples_per_s"], "min": 1, "max": 1},
+                          "test_accuracy_pct": {"median": 1}, "other_processes_cpu_pct": None}
+                   for name, r in report["loops"].items()}})
 
 
 def test_cifar_benchmark_uses_generated_data_when_the_files_are_absent(tmp_path, capsys):

@@ -26,7 +26,8 @@ def test_stops_at_the_next_check_and_names_the_first_bad_iteration():
     # iteration 37 is step 17 of epoch 2; the flags are read at iteration 40 (every 10 steps)
     assert engine.state.iteration == 40
     assert engine.state.terminated_on_nan == (2, 37)
-    message = "TerminateOnNan: non-finite loss (nan) at epoch 2, iteration 37; training stopped."
+    message = ("TerminateOnNan: non-finite loss (nan) at epoch 2, iteration 37 (found at iteration 40, checked every "
+               "10); training stopped.")
     assert out.getvalue() == message + "\n"
     assert handler.message == message
 
@@ -63,7 +64,8 @@ def test_any_tensor_in_the_output_and_python_floats():
     engine.run([0] * 6)
     assert engine.state.terminated_on_nan == (1, 3)
     assert engine.state.iteration == 4
-    assert out.getvalue() == "TerminateOnNan: non-finite output at epoch 1, iteration 3; training stopped.\n"
+    assert out.getvalue() == ("TerminateOnNan: non-finite output at epoch 1, iteration 3 (found at iteration 4, "
+                              "checked every 2); training stopped.\n")
 
     engine = engine_bad_at(2, make=float)  # a Python float is checked at once, with no device to wait for
     out = io.StringIO()

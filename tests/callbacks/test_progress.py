@@ -41,7 +41,7 @@ def renders(text: str) -> list[str]:
 
 
 def test_per_epoch_bars_show_final_count_and_loss() -> None:
-    out = io.StringIO()
+    out = FakeTTY()
     engine = loss_engine()
     bar = engine.add(ProgressBar(enabled=True, file=out, refresh_every=10))
     engine.run(range(25), max_epochs=2)
@@ -53,7 +53,7 @@ def test_per_epoch_bars_show_final_count_and_loss() -> None:
 
 
 def test_per_run_bar_counts_epochs() -> None:
-    out = io.StringIO()
+    out = FakeTTY()
     engine = loss_engine()
     engine.add(ProgressBar(per="run", enabled=True, file=out, refresh_every=4, desc="Training"))
     engine.run(range(6), max_epochs=3)
@@ -93,7 +93,7 @@ def test_enabled_none_is_off_without_a_terminal(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_resumed_epoch_starts_where_it_stopped() -> None:
-    out = io.StringIO()
+    out = FakeTTY()
     engine = loss_engine()
     engine.load_state_dict({"iteration": 15, "epoch_length": 10, "max_epochs": 2})
     engine.add(ProgressBar(enabled=True, file=out, refresh_every=1))
@@ -104,7 +104,7 @@ def test_resumed_epoch_starts_where_it_stopped() -> None:
 
 
 def test_bar_closes_when_the_run_raises() -> None:
-    out = io.StringIO()
+    out = FakeTTY()
     engine = loss_engine()
     bar = engine.add(ProgressBar(enabled=True, file=out, refresh_every=1))
 
@@ -123,3 +123,72 @@ def test_bad_arguments_are_explained() -> None:
         ProgressBar(per="iteration")
     with pytest.raises(ValueError, match="refresh_every"):
         ProgressBar(refresh_every=0)
+
+
+class FakeClock:
+    """time.monotonic for the bar: each reading is one second after the previous one."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+def test_samples_per_s_counts_the_samples_of_a_partial_last_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ember.callbacks.progress_bar as progress_bar
+
+    clock = FakeClock()
+    monkeypatch.setattr(progress_bar, "time", clock)
+    batches = [torch.zeros(64, 2)] * 9 + [torch.zeros(16, 2)]  # 592 samples, the last batch partial
+    out = FakeTTY()
+    engine = Engine(lambda e, b: torch.tensor(1.0))
+    engine.add(ProgressBar(enabled=True, file=out, refresh_every=100))
+    engine.run(batches, max_epochs=1)
+    final = renders(out.getvalue())[-1]
+    # opened at t=1, read at t=2 when the epoch's bar finishes: 592 samples in one second (not 10 x 16 = 160)
+    assert "10/10" in final and "samples/s=592" in final, final
+
+
+def test_forced_bar_on_a_pipe_writes_one_whole_line_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    out, printed = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", printed)
+    engine = loss_engine()
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def say(e: Engine) -> None:
+        print(f"epoch {e.state.epoch} done")
+
+    engine.add(ProgressBar(enabled=True, file=out, refresh_every=3))
+    engine.run(range(10), max_epochs=2)
+    lines = out.getvalue().split("\n")
+    assert "\r" not in out.getvalue() and lines[-1] == ""
+    assert [line.split(":")[0] for line in lines[:-1]] == ["Epoch 1/2", "Epoch 2/2"]
+    assert all("10/10" in line and "loss=" in line for line in lines[:-1]), lines
+    assert printed.getvalue() == "epoch 1 done\nepoch 2 done\n"  # not redirected above a bar: untouched
+
+
+def test_a_stopped_run_leaves_the_bar_at_the_last_iteration_done() -> None:
+    out = FakeTTY()
+    engine = loss_engine()
+    bar = engine.add(ProgressBar(enabled=True, file=out, refresh_every=5))
+    engine.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: e.terminate())
+    engine.run(range(10))
+    final = renders(out.getvalue())[-1]
+    assert bar.bar is None and "7/10" in final and "loss=0.0700" in final, final
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_the_loss_is_whole_at_every_width(columns: int) -> None:
+    out = FakeTTY()
+    engine = Engine(lambda e, b: torch.tensor(2.3456789))
+    engine.add(ProgressBar(enabled=True, file=out, refresh_every=10, ncols=columns, desc="Epoch"))
+    engine.load_state_dict({"iteration": 9 * 938, "epoch_length": 938, "max_epochs": 10})  # the last epoch only
+    engine.run([torch.zeros(64, 1)] * 938)
+    for drawn in renders(out.getvalue()):
+        assert len(drawn) <= columns, drawn
+    final = renders(out.getvalue())[-1]
+    assert final.startswith("Epoch 10/10") and "938/938" in final and "loss=2.3457" in final, final
+    assert ("samples/s=" in final) == (columns >= ProgressBar.NARROWEST), final
+    assert ("it/s" in final) == (columns >= ProgressBar.NARROW), final

@@ -396,7 +396,8 @@ def test_no_save_after_terminate_on_nan(tmp_path):
     trainer.run(make_data(2), max_epochs=1)
     trainer.state.terminated_on_nan = (1, 3)
     trainer.state.iteration = 3
-    with pytest.warns(RuntimeWarning, match=r"NOT saving iteration 3.*TerminateOnNan"):
+    with pytest.warns(RuntimeWarning, match=r"NOT saving the stopped run \(iteration 3\): TerminateOnNan found a "
+                                            r"non-finite value at epoch 1, iteration 3"):
         assert ckpt.save() is None
     assert files(tmp_path) == {"checkpoint_000000002.pt"}
 

@@ -51,6 +51,12 @@ def test_recipe_help_lists_flags_with_their_defaults(name, capsys):
         assert f"(default: {default})" in text, (flag, default)
 
 
+def test_switches_that_are_on_by_default_say_so_in_the_help(capsys):
+    rc, out, _ = run_main(capsys, "train", "fashion-mnist-mlp", "--help")
+    text = " ".join(out.split())
+    assert rc == 0 and "misclassified test images (default: on)" in text, text
+
+
 def test_scheduler_flag_is_in_the_plateau_recipe_help(capsys):
     rc, out, _ = run_main(capsys, "train", "mnist-mlp-plateau", "--help")
     assert rc == 0 and "--scheduler {plateau,step,multistep,exponential}" in out
@@ -66,6 +72,9 @@ def test_scheduler_flag_is_in_the_plateau_recipe_help(capsys):
         (["--lr", "-1"], "argument --lr: must be a positive number, got -1"),
         (["--scheduler", "cosine"], "argument --scheduler: invalid choice: 'cosine'"),
         (["--num-workers", "-3"], "argument --num-workers: must be 0 or more, got -3"),
+        (["--lr", "abc"], "argument --lr: expected a positive number such as 0.01 or 1e-3, got 'abc'"),
+        (["--epochs", "two"], "argument --epochs: expected a positive integer, got 'two'"),
+        (["--seed", "1.5"], "argument --seed: expected an integer, got '1.5'"),
     ],
 )
 def test_bad_flag_is_a_usage_error_in_two_lines(flags, message, capsys):

@@ -54,9 +54,10 @@ def test_each_run_gets_its_own_folders_and_says_where_they_are(capsys):
     rc, _, err2 = train(capsys, "--epochs", "1", "--max-iterations", "2", "--no-tensorboard")
     assert rc == 0, err2
     first, second = run_folders()
-    line = (f"ember: run {first.name}: checkpoints go to {first}, TensorBoard logs to runs/{MLP}/{first.name} "
-            f"(view them: ember board runs/{MLP})")
-    assert line in err.splitlines(), err
+    lines = [f"ember: run {first.name}: checkpoints go to {first}",
+             f"ember: TensorBoard logs go to runs/{MLP}/{first.name} (view them: ember board runs/{MLP})"]
+    assert "\n".join(lines) in err, err
+    assert all(len(line) <= 120 for line in lines)  # not one line of about 190 characters
     assert list(Path("runs", MLP, first.name).glob("events.out.tfevents.*"))
     assert f"ember: run {second.name}: checkpoints go to {second}, no TensorBoard logs" in err2
     assert saved_config(first)["lr"] == 1e-3 and saved_config(first)["max_iterations"] == 2

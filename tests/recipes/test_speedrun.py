@@ -74,3 +74,15 @@ def test_time_to_target_reports_the_first_epoch_at_or_above_the_target(capsys):
     reached = [line for line in lines if line.startswith("Reached")]
     assert len(reached) == 1 and reached[0].endswith("(epoch 2)")
     assert reporter.reached_s is not None and reporter.best == 0.95
+
+
+def test_a_run_stopped_before_any_evaluation_gives_no_verdict_and_one_line_for_no_earlier_run(fashion, capsys):
+    rc = main(["train", "fashion-mnist-speedrun", "--data-root", str(fashion), "--resume", "--max-iterations", "2",
+               "--batch-size", "64", "--device", "cpu", "--no-tensorboard", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Did not reach" not in out and "best 0.00%" not in out, out  # it never evaluated
+    said = [line for line in (out + err).splitlines() if "starting" in line]
+    assert said == ["No earlier run of fashion-mnist-speedrun in checkpoints/fashion-mnist-speedrun: starting a new "
+                    "run."], said
+    assert "Stopped after iteration 2 (max_iterations 2)" in out + err

@@ -31,16 +31,24 @@ PRINTED = [  # every line that is not a bar: the seed's lines and ember's own
 BAR = re.compile(r"Epoch (\d)/2:")
 
 
-def run_in_terminal(argv: list[str], cwd: Path, timeout: float = 120) -> tuple[int, list[str]]:
-    """Run `argv` with stdin, stdout and stderr on a 120-column pseudo-terminal; exit status and screen lines."""
+def _controlling_terminal() -> None:
+    """In the child (a new session, stdin on the pseudo-terminal): make it the controlling terminal, so that a
+    Ctrl-C typed on it sends SIGINT to the child's process group as in a real shell."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def run_in_terminal(argv: list[str], cwd: Path, timeout: float = 120, columns: int = COLUMNS,
+                    interrupt_when: str | None = None) -> tuple[int, list[str]]:
+    """Run `argv` with stdin, stdout and stderr on a pseudo-terminal of `columns` columns; exit status and
+    screen lines. With `interrupt_when`, type Ctrl-C once the screen matches that regular expression."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
-    env = dict(os.environ, TERM="xterm", COLUMNS=str(COLUMNS), LINES=str(ROWS), OMP_NUM_THREADS="1",
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, columns, 0, 0))
+    env = dict(os.environ, TERM="xterm", COLUMNS=str(columns), LINES=str(ROWS), OMP_NUM_THREADS="1",
                EMBER_OFFLINE="1")
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, close_fds=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_controlling_terminal)
     os.close(slave)
-    screen = pyte.Screen(COLUMNS, ROWS)
+    screen = pyte.Screen(columns, ROWS)
     stream = pyte.ByteStream(screen)
     deadline = time.monotonic() + timeout
     try:
@@ -52,6 +60,9 @@ def run_in_terminal(argv: list[str], cwd: Path, timeout: float = 120) -> tuple[i
             if not chunk:
                 break
             stream.feed(chunk)
+            if interrupt_when is not None and re.search(interrupt_when, "\n".join(screen.display)):
+                os.write(master, b"\x03")
+                interrupt_when = None
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         os.close(master)
@@ -81,3 +92,52 @@ def test_printed_lines_stay_whole_above_the_bar_and_each_epoch_bar_completes_fir
     evaluations = [i for i, line in enumerate(lines) if line == "Test Error:"]
     assert len(evaluations) == 2 and all(bar < ev for (bar, _), ev in zip(bars, evaluations)), screen
     assert sum(line.startswith("loss: ") for line in others) == 8, screen  # steps 1, 101, 201, 301 of each epoch
+
+
+def mlp_argv(data: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "ember", "train", "fashion-mnist-mlp", "--data-root", str(data), "--epochs", "2",
+            "--batch-size", "2", "--progress", "--no-tensorboard", "--device", "cpu", *flags]
+
+
+@pytest.mark.slow
+def test_at_60_columns_the_bar_keeps_its_loss_whole(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=800, n_test=64)
+    code, lines = run_in_terminal(mlp_argv(tmp_path / "data"), cwd=tmp_path, columns=60)
+    screen = "\n".join(lines)
+    assert code == 0, screen
+    bars = [line for line in lines if BAR.match(line)]
+    assert [BAR.match(line).group(1) for line in bars] == ["1", "2"], screen
+    for line in bars:
+        assert "400/400" in line and re.search(r"loss=\d+\.\d{4}\]$", line), f"cut at 60 columns: {line!r}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_echo_and_no_stale_bar_and_the_bar_shows_the_stop_iteration(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=800, n_test=64)
+    code, lines = run_in_terminal(mlp_argv(tmp_path / "data"), cwd=tmp_path,
+                                  interrupt_when=r"Epoch 1/2: +\d+%.*\| +[1-9]\d*/400")
+    screen = "\n".join(lines)
+    assert code == 130, screen
+    assert "^C" not in screen, screen
+    bars = [line for line in lines if BAR.match(line)]
+    assert len(bars) == 1, f"one bar, no stale copy:\n{screen}"
+    stopped = re.search(r"Stopped by SIGINT at epoch 1, iteration (\d+);", screen)
+    assert stopped, screen
+    assert f" {stopped.group(1)}/400 " in bars[0], f"the bar and the stop message disagree:\n{screen}"
+    assert any(line.startswith("SIGINT received: finishing the current iteration") for line in lines), screen
+
+
+@pytest.mark.slow
+def test_progress_on_a_pipe_writes_whole_lines(tmp_path):
+    write_fashion_mnist(tmp_path / "data", n_train=800, n_test=64)
+    env = dict(os.environ, OMP_NUM_THREADS="1", EMBER_OFFLINE="1")
+    done = subprocess.run(mlp_argv(tmp_path / "data"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout
+    assert "\r" not in done.stdout and "\x1b" not in done.stdout, repr(done.stdout[-2000:])
+    lines = [line.rstrip() for line in done.stdout.splitlines() if line.strip()]  # the seed's lines end in a space
+    bars = [line for line in lines if BAR.match(line)]
+    assert [BAR.match(line).group(1) for line in bars] == ["1", "2"], done.stdout  # one line per epoch
+    assert all("400/400" in line and "loss=" in line for line in bars), bars
+    for line in lines:
+        assert line in bars or any(re.fullmatch(p, line) for p in PRINTED), f"a glued or broken line: {line!r}"

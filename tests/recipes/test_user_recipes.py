@@ -70,3 +70,11 @@ def test_a_spec_that_names_no_recipe_is_one_line(user_folder, capsys):
     assert main(["train", "other.py:NOPE"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "other.py has no NOPE; it defines RECIPE, SMALL" in err, err
+
+
+def test_a_recipe_without_a_seed_program_says_no_seed_in_its_help(user_folder, capsys):
+    with pytest.raises(SystemExit) as stopped:  # argparse's --help
+        main(["train", "other.py:SMALL", "--help"])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 0
+    assert "(seed -)" not in out and "small" in out, out

@@ -56,7 +56,8 @@ def test_non_finite_loss_stops_with_epoch_and_iteration_and_keeps_the_last_good_
     model, optimizer, trainer = make_trainer()
     trainer.add(TerminateOnNan(check_every=check_every))
     trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=2, keep_last=1))
-    with pytest.warns(RuntimeWarning, match="NOT saving iteration"):
+    with pytest.warns(RuntimeWarning, match=r"NOT saving the stopped run \(iteration \d+\): TerminateOnNan found a "
+                                            r"non-finite value at epoch 1, iteration 9"):
         trainer.run(make_data(12, bad_at=9, bad=bad), max_epochs=2)
     assert trainer.state.terminated_on_nan == (1, 9)
     assert f"non-finite loss ({bad}) at epoch 1, iteration 9" in capsys.readouterr().err
@@ -76,7 +77,7 @@ def test_non_finite_loss_with_finite_weights_is_not_saved_after_the_stop(tmp_pat
     model, optimizer, trainer = make_trainer(loss_fn)
     trainer.add(TerminateOnNan(check_every=1))
     trainer.add(Checkpoint({"model": model}, tmp_path, every_iterations=4, keep_last=None))
-    with pytest.warns(RuntimeWarning, match="TerminateOnNan stopped the run"):
+    with pytest.warns(RuntimeWarning, match="NOT saving the stopped run .*TerminateOnNan found"):
         trainer.run(make_data(12), max_epochs=1)
     assert trainer.state.iteration == 5 and all_finite(model.state_dict())
     assert checkpoint_files(tmp_path) == ["checkpoint_000000004.pt"]
