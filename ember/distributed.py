@@ -1,18 +1,19 @@
-"""Data-parallel training on many GPUs or machines: torch.distributed set up from torchrun's environment.
+"""Data-parallel training on many GPUs or machines: torch.distributed set up from torchrun's (or Slurm's) environment.
 
-Start the script with `torchrun --nproc_per_node=N script.py`; call `init()` first, build data and model,
-shard the data by `rank()`/`world_size()`, wrap the model with `wrap_model`, and let only `is_main()` print,
-log and write files. In a plain single process every function here is a cheap no-op, so one script runs
-both ways.
+Start the script with `torchrun --nproc_per_node=N script.py` (or `srun` under Slurm); call `init()` first,
+build data and model, shard the data by `rank()`/`world_size()`, wrap the model with `wrap_model` (DDP, or
+FSDP2 with `strategy="fsdp"`), and let only `is_main()` print, log and write files. In a plain single
+process every function here is a cheap no-op, so one script runs both ways.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -20,11 +21,16 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "all_gather_object",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "cleanup",
+    "device_mesh",
+    "elastic_restart_count",
     "init",
+    "is_sharded",
+    "planned_world_size",
     "is_enabled",
     "is_main",
     "local_rank",
@@ -32,9 +38,13 @@ __all__ = [
     "rank",
     "silence_non_main",
     "unwrap",
+    "slurm_environment",
     "world_size",
     "wrap_model",
 ]
+
+STRATEGIES = ("ddp", "fsdp")
+MIXED_PRECISION = ("bf16",)
 
 T = TypeVar("T")
 _WRAPPED: weakref.WeakSet[nn.parallel.DistributedDataParallel] = weakref.WeakSet()  # made by wrap_model
@@ -54,6 +64,8 @@ def init(backend: str | None = None) -> bool:
     """
     if is_enabled():
         return True
+    if "RANK" not in os.environ:
+        os.environ.update(slurm_environment(os.environ))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return False
@@ -77,9 +89,66 @@ def init(backend: str | None = None) -> bool:
             f"LOCAL_RANK={local} has no GPU: {torch.cuda.device_count()} visible on this machine; start at "
             "most that many processes per machine (torchrun --nproc_per_node), or pass backend='gloo' for CPU"
         )
-    dist.init_process_group(backend, device_id=device_id)
+    dist.init_process_group(backend, device_id=device_id, **_restart_store())
     _sync_ignite()
     return True
+
+
+def _restart_store() -> dict[str, Any]:
+    """Under torchelastic, the process group's store keys prefixed by the restart count.
+
+    torchelastic's agent keeps one store across restarts, and the process group's keys (gloo's rank
+    addresses among them) carry no attempt of their own: a restarted rank may read an address its peer
+    published before the restart and fail to connect. A prefix per restart keeps each attempt's keys apart.
+    """
+    if elastic_restart_count() == 0:
+        return {}
+    store, rank_, world = next(dist.rendezvous("env://"))
+    prefixed = dist.PrefixStore(f"ember/attempt_{elastic_restart_count()}/", store)
+    return {"store": prefixed, "rank": rank_, "world_size": world}
+
+
+def slurm_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's variables from Slurm's, for processes started by `srun` without torchrun ({} otherwise).
+
+    RANK from SLURM_PROCID, WORLD_SIZE from SLURM_NTASKS, LOCAL_RANK from SLURM_LOCALID, MASTER_ADDR the first
+    host of SLURM_JOB_NODELIST (`node[03-05,9]` gives `node03`) and MASTER_PORT 29500 unless already set.
+    Only where SLURM_NTASKS says more than one task and SLURM_PROCID is set.
+    """
+    if int(env.get("SLURM_NTASKS", "1") or "1") <= 1 or "SLURM_PROCID" not in env:
+        return {}
+    out = {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "") or "127.0.0.1"),
+        "MASTER_PORT": env.get("MASTER_PORT", "29500"),
+    }
+    per_node = re.match(r"\d+", env.get("SLURM_TASKS_PER_NODE", ""))  # "4(x2)" means 4 on each of 2 nodes
+    if per_node:
+        out["LOCAL_WORLD_SIZE"] = per_node.group(0)
+    return out
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: `gpu[07-09,12],cpu1` gives `gpu07`, `a1,b2` gives `a1`."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None:
+        raise RuntimeError(f"cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = match.group(1), match.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def planned_world_size() -> int:
+    """The number of processes this one will train with, read from torchrun's or Slurm's variables before
+    `init()` (1 in a plain process)."""
+    env = slurm_environment(os.environ) if "RANK" not in os.environ else {}
+    return int(os.environ.get("WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
+
+
+def elastic_restart_count() -> int:
+    """How often torchrun's elastic agent has restarted this group (TORCHELASTIC_RESTART_COUNT; 0: first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0")
 
 
 def _sync_ignite() -> None:
@@ -172,6 +241,15 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's picklable `obj`, in rank order, on every rank; [obj] when alone."""
+    if not is_enabled():
+        return [obj]
+    out: list[T] = [obj] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def gather_object(obj: T, dst: int = 0) -> list[T] | None:
     """Every rank's picklable `obj`, in rank order, on rank `dst` (None on the others); [obj] when alone."""
     if not is_enabled():
@@ -181,16 +259,36 @@ def gather_object(obj: T, dst: int = 0) -> list[T] | None:
     return out
 
 
-def wrap_model(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    """Move `model` to `device`; when distributed, wrap it in DistributedDataParallel (gradient averaging).
+def wrap_model(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    *,
+    strategy: str = "ddp",
+    shard_classes: Sequence[type[nn.Module]] = (),
+    mixed_precision: str | None = None,
+    hybrid: bool | None = None,
+) -> nn.Module:
+    """Move `model` to `device`; when distributed, wrap it for data-parallel training by `strategy`.
 
-    DDP makes every rank start from rank 0's weights. Call it after `init()`, before creating the optimizer
-    or after (the parameters are the same objects).
+    "ddp": DistributedDataParallel (gradient averaging; every rank starts from rank 0's weights; each rank
+    holds the whole model). "fsdp": FSDP2 (`fully_shard` on `device_mesh`): parameters, gradients and
+    optimizer state are sharded over the ranks and gathered layer by layer when used, so a model need only
+    fit the ranks together. Its sharding units are the modules of `shard_classes` (e.g. your transformer block
+    class) or, by default, each direct child module holding parameters, then the root. `mixed_precision="bf16"`
+    computes in bfloat16 with float32 reductions and float32 master weights. `hybrid` (default: when the world
+    spans several machines) shards within a machine and replicates across machines on a 2-D mesh. Call it
+    after `init()` and before creating the optimizer (FSDP2 replaces the parameters by sharded ones).
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if mixed_precision is not None and mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be None or {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
     if device is not None:
         model = model.to(device)
-    if not is_enabled() or isinstance(model, nn.parallel.DistributedDataParallel):
+    if not is_enabled() or isinstance(model, nn.parallel.DistributedDataParallel) or is_sharded(model):
         return model
+    if strategy == "fsdp":
+        return _fully_shard(model, tuple(shard_classes), mixed_precision, hybrid)
     device = torch.device(device) if device is not None else _param_device(model)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -199,6 +297,54 @@ def wrap_model(model: nn.Module, device: torch.device | str | None = None) -> nn
         wrapped = nn.parallel.DistributedDataParallel(model)
     _WRAPPED.add(wrapped)
     return wrapped
+
+
+def is_sharded(model: Any) -> bool:
+    """True for a module that FSDP2's `fully_shard` has sharded (its state_dict holds DTensor shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(unwrap(model), FSDPModule) if isinstance(model, nn.Module) else False
+
+
+def device_mesh(hybrid: bool | None = None) -> Any:
+    """The DeviceMesh FSDP2 shards over: 1-D over all ranks, or 2-D (replicate across machines, shard within
+    one) with `hybrid`; None (the default) picks 2-D when the world spans several machines of equal size."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    machines = world // local if 0 < local <= world and world % local == 0 else 1
+    if hybrid is None:
+        hybrid = machines > 1
+    if hybrid and machines <= 1:
+        raise ValueError(f"hybrid sharding needs several machines of equal size; this world is {world} processes "
+                         f"with {local} per machine")
+    device_type = _comm_device().type
+    if hybrid:
+        return init_device_mesh(device_type, (machines, local), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
+
+
+def _fully_shard(model: nn.Module, shard_classes: tuple[type[nn.Module], ...], mixed_precision: str | None,
+                 hybrid: bool | None) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = device_mesh(hybrid)
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if mixed_precision == "bf16":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if shard_classes:
+        units = [m for m in model.modules() if isinstance(m, shard_classes) and m is not model]
+        if not units:
+            names = ", ".join(c.__name__ for c in shard_classes)
+            raise ValueError(f"shard_classes: the model holds no module of {names}; name classes it uses, or pass "
+                             "none to shard each direct child")
+    else:
+        units = [child for child in model.children() if any(True for _ in child.parameters())]
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
 
 
 def _param_device(model: nn.Module) -> torch.device:

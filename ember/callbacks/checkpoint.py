@@ -22,7 +22,7 @@ from ember.callbacks._output import float_leaves
 from ember.callbacks.evaluate import EvalEvents
 from ember.callbacks.terminate_on_nan import pending_non_finite
 from ember.checkpoint import folder as files
-from ember.checkpoint import restore
+from ember.checkpoint import restore, sharded
 from ember.checkpoint.async_writer import AsyncWriter, HostSnapshot
 from ember.checkpoint.finite import modules_non_finite
 from ember.checkpoint.folder import CheckpointFolder
@@ -61,8 +61,11 @@ class Checkpoint:
     `save_on_exception=True` saves when the run raises after a finished step (a failing handler); an exception
     inside the step saves nothing, since the weights would not match the iteration count.
     `every_epochs` defaults to 1 unless `every_iterations` is given (pass both to save on both schedules);
-    `keep_last=None` keeps every file. With `save_handlers=True` the state of every stateful handler attached to
-    the engine (EarlyStopping, schedulers, windows of printers and timers, Ignite's serializable handlers) is
+    `keep_last=None` keeps every file. `sharded=True` (default: when a model is sharded by FSDP2) writes each
+    checkpoint as a folder through torch.distributed.checkpoint, each rank its own shards, committed by a manifest
+    (`ember.checkpoint.sharded`); every rank takes part in each save.
+    With `save_handlers=True` the state of every stateful handler attached to the engine (EarlyStopping,
+    schedulers, windows of printers and timers, Ignite's serializable handlers) is
     saved as "handlers" and restored on resume (`HandlerStates`). Its `ember_order` runs it after the handlers of the
     same event that compute what it saves or monitors, whenever they were attached.
 
@@ -92,6 +95,7 @@ class Checkpoint:
         include_rng: bool = True,
         save_on_exception: bool = False,
         save_handlers: bool = True,
+        sharded: bool | None = None,
         async_save: bool = False,
     ) -> None:
         if not isinstance(objects, Mapping) or not objects:
@@ -127,6 +131,10 @@ class Checkpoint:
         self.include_rng = include_rng
         self.save_on_exception = save_on_exception
         self.save_handlers = save_handlers
+        self.sharded = sharded if sharded is not None else any(dist.is_sharded(o) for o in self.objects.values())
+        if self.sharded and async_save:
+            raise ValueError("async_save=True does not write sharded checkpoints (sharded=True, or an FSDP2 model) "
+                             "yet: pass one of them")
         self.engine: Engine | None = None
         self.last_path: str | None = None
         self.folder = CheckpointFolder(self.dirname, prefix, keep_last=keep_last, keep_best=keep_best,
@@ -348,6 +356,8 @@ class Checkpoint:
         if not kinds:
             return None
         self._step_kinds |= kinds
+        if self.sharded:
+            return self._write_sharded(engine, step, kinds, barrier)
         try:
             if barrier:  # TerminateOnNan looks at the steps since its last check (collective under torchrun)
                 pending_non_finite(engine)
@@ -403,6 +413,62 @@ class Checkpoint:
             return None
         self.last_path = folder.write(payload, targets, regular="regular" in kinds, best=best)
         return self.last_path
+
+    def _write_sharded(self, engine: Engine, step: int, kinds: set[str], barrier: bool) -> str | None:
+        """A sharded save: every rank writes its shards; rank 0 decides the names and writes the manifest."""
+        if not barrier and dist.world_size() > 1:
+            # After an exception the other ranks may not reach this save, and it needs them all.
+            warnings.warn(f"Checkpoint: NOT saving iteration {step} after an exception: a sharded save needs every "
+                          f"rank. The last checkpoint ({self.last_path or 'none yet'}) is kept untouched",
+                          RuntimeWarning, stacklevel=4)
+            return None
+        if barrier:
+            pending_non_finite(engine)
+        why = sharded.agreed(self._refusal(engine))
+        if why:
+            if not self._warned_refusal and dist.is_main():
+                warnings.warn(
+                    f"Checkpoint: NOT saving iteration {step} (epoch {engine.state.epoch}): {why}. The last good "
+                    f"checkpoint ({self.last_path or 'none yet'}) is kept untouched; later refusals are not reported",
+                    RuntimeWarning, stacklevel=4,
+                )
+            self._warned_refusal = True
+            return None
+        rng_ranks = dist.gather_object(get_rng_state()) if self.include_rng and dist.is_enabled() else None
+        plan = self._sharded_plan(engine, step, kinds, rng_ranks) if dist.is_main() else None
+        targets, best = dist.broadcast_object((plan[0], plan[2]) if plan else None)  # type: ignore[misc]
+        if not targets:
+            return None
+        payload = plan[1] if plan else None
+        state = sharded.sharded_state(self.objects)
+        self.last_path = self.folder.write_sharded(state, payload, targets, regular="regular" in kinds, best=best)
+        return self.last_path
+
+    def _sharded_plan(self, engine: Engine, step: int, kinds: set[str],
+                      rng_ranks: list[dict[str, Any]] | None) -> tuple[list[str], dict[str, Any], bool]:
+        """Rank 0's part of a sharded save: the folders' names and the manifest's payload."""
+        if self._by_evaluation:
+            fresh = self._fresh_score is not None and self._fresh_score[0] == step
+            score = self._fresh_score[1] if fresh else None
+        else:
+            score = self._score.read(engine)
+        folder = self.folder
+        folder.make()
+        if not folder.adopted:
+            folder.adopt(step)
+        best = "best" in kinds and folder.qualifies(score)
+        targets = [folder.best_path(step, score, sharded.SUFFIX)] if best and score is not None else []
+        if "regular" in kinds:
+            targets.append(folder.regular_path(step, sharded.SUFFIX))
+        in_dcp = set(sharded.sharded_names(self.objects))
+        payload = make_payload(
+            step=step, epoch=engine.state.epoch, score=score,
+            monitor=self.monitor if isinstance(self.monitor, str) else None,
+            objects={name: self._state_of(obj) for name, obj in self.objects.items() if name not in in_dcp},
+            rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
+        )
+        payload["mesh"] = sharded.mesh_of(self.objects)
+        return targets, payload, best
 
     def _payload(self, engine: Engine, step: int, score: float | None, rng_ranks: list[dict[str, Any]] | None, *,
                  epoch_end_pending: bool) -> dict[str, Any]:

@@ -107,7 +107,8 @@ class GracefulStop:
     (which would raise on the workers' deaths) is replaced by a no-op, and `is_worker_death` recognises the
     error a loader raises when it was waiting for a batch from a worker that died (`ember.fit` then ends the
     run as stopped: the last finished iteration was saved). Under torchrun the ranks agree every
-    `check_every` iterations (one small all-reduce, not one per step) so that all stop on the same iteration.
+    `check_every` iterations (one small all-reduce, not one per step) so that all stop on the same iteration,
+    each then with the signal's name and exit status (a signal to one rank stops every rank as that one).
 
     Args:
         signals: the signals that stop the run (default SIGTERM, SIGINT, SIGHUP, SIGUSR1).
@@ -239,4 +240,8 @@ class GracefulStop:
 
     def _agree_to_stop(self, engine: Engine) -> None:
         if dist.all_reduce_sum(int(self.signum is not None)) > 0:
+            signals = dist.all_gather_object(self.signum)
+            if self.signum is None:  # another rank was signalled: stop as it does, with its exit status
+                self.signum = next(s for s in signals if s is not None)
+                engine.state.stop_reason = self.reason
             engine.terminate()

@@ -11,8 +11,9 @@ imports the engine and utils, never the handlers; the `Checkpoint` handler that 
 The modules under it: `format` (the file, its errors and its integrity check), `folder` (naming, finding,
 writing and keeping files), `safety` (the weights_only probe before a file gets its name), `finite` (NaN/Inf
 checks of weights), `restore` (loading all or nothing), `handler_states` (handler states, and
-`implicit_objects`, what a checkpoint holds without being asked) and `async_writer` (the host snapshot and the
-background writer of `Checkpoint(async_save=True)`).
+`implicit_objects`, what a checkpoint holds without being asked), `async_writer` (the host snapshot and the
+background writer of `Checkpoint(async_save=True)`) and `sharded` (checkpoint folders written by every rank
+through torch.distributed.checkpoint, committed by a manifest).
 """
 
 from ember.checkpoint.folder import latest

@@ -73,12 +73,14 @@ def tensors(state: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
 
 def modules_non_finite(objects: Mapping[str, Any]) -> list[str]:
     """`name.parameter` of the floating-point parameters and buffers of the modules among `objects` that hold
-    NaN/Inf (one host sync per device when all is well)."""
+    NaN/Inf (one host sync per device when all is well). Of an FSDP2 model only this rank's shards are looked at
+    (no communication): the ranks combine their answers where they must agree."""
     named: list[tuple[str, torch.Tensor]] = []
     for name, obj in objects.items():
         if isinstance(obj, nn.Module):
             module = dist.unwrap(obj)
             for key, t in [*module.named_parameters(), *module.named_buffers()]:
                 if t.is_floating_point() or t.is_complex():
+                    t = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this rank's shard
                     named.append((f"{name}.{key}", t.detach()))
     return non_finite(named)

@@ -4,7 +4,9 @@
 names files `<prefix>_<iteration:09d>.pt` and `best_<prefix>_<iteration:09d>_score=<score>.pt`, writes them
 atomically and checked to load with weights_only (`save_file`), removes the temp files of killed processes,
 takes over the files of an earlier run it resumes, and keeps the newest `keep_last` and the best `keep_best`.
-`latest` and `candidates` find the newest good file of a folder by the step recorded inside each one.
+`latest` and `candidates` find the newest good file of a folder by the step recorded inside each one. A
+sharded checkpoint (`sharded.py`) is a folder named like a file with `.dcp` for `.pt`, found, kept and evicted
+the same way.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Any
 
 import torch
 
+from ember import distributed as dist
+from ember.checkpoint import sharded
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, RecordingFile, listed, read
 from ember.checkpoint.safety import probe
 from ember.utils.atomic import TMP_PREFIX, atomically, link_atomic
 from ember.utils.files import disk_full
 
-_REGULAR_RE = re.compile(r"^(?P<prefix>.+)_(?P<step>\d{9,})\.pt$")
-_BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+)\.pt$")
+_REGULAR_RE = re.compile(r"^(?P<prefix>.+)_(?P<step>\d{9,})\.(?:pt|dcp)$")
+_BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+)\.(?:pt|dcp)$")
 
 
 def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
@@ -37,6 +41,14 @@ def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
                    "; Pass strict=False to load only what matches."):
         why = why.removesuffix(advice)
     return f"skipping checkpoint {path}: {why}{then}"
+
+
+def read_any(path: str, *, peek: bool = False) -> dict[str, Any]:
+    """`read` for a file, the manifest of a sharded folder (its files' sizes checked; with `peek` False and in
+    a single process also their CRC-32s, which `load` checks under torchrun, each rank a share)."""
+    if sharded.is_folder_checkpoint(path):
+        return sharded.read_manifest(path, check_files=not peek and not dist.is_enabled())
+    return read(path, peek=peek)
 
 
 def save_file(payload: dict[str, Any], path: str) -> None:
@@ -80,14 +92,14 @@ def candidates(
     """Checkpoints in `dirname` whose metadata reads, newest first by the step recorded inside each file (a
     regular file before a best one of the same step), and the problems of the others, each skipped with a
     warning (for the caller's caller) that names the file. The tensors' checksums are checked when a file is
-    loaded or picked. `peeked`, when given, receives each readable file's metadata (`read(path, peek=True)`)."""
+    loaded or picked. `peeked`, when given, receives each readable file's metadata (`read_any(path, peek=True)`)."""
     regular, best = scan(dirname, prefix)
     found: list[tuple[int, bool, float, str]] = []
     problems: list[str] = []
     for is_regular, files in ((True, regular), (False, best)):
         for _, path in files:
             try:
-                payload = read(path, peek=True)
+                payload = read_any(path, peek=True)
                 if peeked is not None:
                     peeked[path] = payload
                 found.append((int(payload["step"]), is_regular, os.path.getmtime(path), path))
@@ -111,7 +123,7 @@ def latest(dirname: str | os.PathLike[str], prefix: str | None = None) -> str | 
     paths, _ = candidates(os.fspath(dirname), prefix)
     for path in paths:
         try:
-            read(path)
+            read_any(path)
         except CorruptCheckpointError as exc:
             warnings.warn(skipping(path, exc), RuntimeWarning, stacklevel=2)
             continue
@@ -139,13 +151,13 @@ class CheckpointFolder:
         self._made = False
         self._warned_gone = False
 
-    def regular_path(self, step: int) -> str:
-        """The name of the regular file of iteration `step`."""
-        return os.path.join(self.dirname, f"{self.prefix}_{step:09d}.pt")
+    def regular_path(self, step: int, suffix: str = ".pt") -> str:
+        """The name of the regular file (`suffix` ".dcp": folder) of iteration `step`."""
+        return os.path.join(self.dirname, f"{self.prefix}_{step:09d}{suffix}")
 
-    def best_path(self, step: int, score: float) -> str:
-        """The name of the best file of iteration `step` with `score`."""
-        return os.path.join(self.dirname, f"best_{self.prefix}_{step:09d}_score={score:.4g}.pt")
+    def best_path(self, step: int, score: float, suffix: str = ".pt") -> str:
+        """The name of the best file (`suffix` ".dcp": folder) of iteration `step` with `score`."""
+        return os.path.join(self.dirname, f"best_{self.prefix}_{step:09d}_score={score:.4g}{suffix}")
 
     def make(self) -> None:
         """Create the folder; CheckpointError saying why when it cannot be (a file of that name, no rights). A
@@ -200,6 +212,31 @@ class CheckpointFolder:
         self.evict()
         return targets[-1]
 
+    def write_sharded(self, state: dict[str, Any], payload: dict[str, Any] | None, targets: list[str], *,
+                      regular: bool, best: bool) -> str:
+        """`write` for a sharded checkpoint: every rank calls it with its `state` (`sharded.sharded_state`);
+        rank 0 gives the manifest `payload` and keeps the books (the best folder first, the regular name a
+        folder of hard links to it). Returns the last name written.
+
+        Raises:
+            CheckpointError: on every rank, when the write failed anywhere; earlier checkpoints are untouched.
+        """
+        sharded.save_sharded(targets[0], state, payload)
+        if not dist.is_main() or payload is None:
+            return targets[-1]
+        step, score = payload["step"], payload["score"]
+        try:
+            if len(targets) == 2:
+                sharded.link_folder(targets[0], targets[1])
+        except OSError as exc:
+            raise CheckpointError(self._write_failed(targets[1], step, exc)) from exc
+        if regular:
+            self.regular = [entry for entry in self.regular if entry[1] != targets[-1]] + [(step, targets[-1])]
+        if best:
+            self.best = [entry for entry in self.best if entry[2] != targets[0]] + [(score, step, targets[0])]
+        self.evict()
+        return targets[-1]
+
     def _write_failed(self, path: str, step: int, exc: BaseException) -> str:
         if disk_full(exc):
             return (
@@ -239,7 +276,7 @@ class CheckpointFolder:
             if s > step:
                 continue
             try:
-                scored.append((read(path, peek=True).get("score"), s, path))
+                scored.append((read_any(path, peek=True).get("score"), s, path))
                 readable.append((s, path))
             except CheckpointError:
                 unreadable.append((s, path))  # useless for resuming: first in line for eviction
@@ -248,7 +285,7 @@ class CheckpointFolder:
             if s > step:
                 continue
             try:
-                saved_score = read(path, peek=True).get("score")
+                saved_score = read_any(path, peek=True).get("score")
             except CheckpointError:
                 continue
             if saved_score is not None and math.isfinite(saved_score):
@@ -269,8 +306,12 @@ class CheckpointFolder:
         for entry in self._ranked(self.best + lost)[: self.keep_best]:
             if entry in lost:
                 score, s, path = entry
-                target = self.best_path(s, score)
-                link_atomic(path, target)
+                if sharded.is_folder_checkpoint(path):
+                    target = self.best_path(s, score, sharded.SUFFIX)
+                    sharded.link_folder(path, target)
+                else:
+                    target = self.best_path(s, score)
+                    link_atomic(path, target)
                 self.best.append((score, s, target))
 
     def evict(self) -> None:
@@ -286,6 +327,10 @@ class CheckpointFolder:
             self.best = self.best[: self.keep_best]
         keep = {path for _, path in self.regular} | {path for *_, path in self.best}
         for path in doomed:
-            if path not in keep:
+            if path in keep:
+                continue
+            if sharded.is_folder_checkpoint(path):
+                sharded.remove_folder(path)
+            else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)

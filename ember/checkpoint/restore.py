@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ember import distributed as dist
+from ember.checkpoint import sharded
 from ember.checkpoint.finite import float_tensors, non_finite, stored, tensors
 from ember.checkpoint.folder import candidates, skipping
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
@@ -43,6 +44,8 @@ def load(
     goes through that end first. `Checkpoint.load`.
     """
     path = os.fspath(path)
+    if sharded.is_folder_checkpoint(path):
+        return _load_folder(path, objects, strict, restore_rng)
     payload = read(path)
     saved = payload["objects"]
     engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
@@ -56,6 +59,39 @@ def load(
     trainer = objects.get("trainer")
     if isinstance(trainer, Engine) and "trainer" in states:
         trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
+    if restore_rng and "rng" in payload:
+        set_rng_state(_rng_of_this_rank(payload))
+    return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+
+
+def _load_folder(path: str, objects: Mapping[str, Any], strict: bool, restore_rng: bool) -> dict[str, Any]:
+    """`load` of a sharded checkpoint folder (a collective call under torchrun): the manifest and every file's
+    CRC-32 first, then the models' and optimizers' shards through DCP into fresh tensors (resharded to this
+    world), the same checks as a file's, agreed by all ranks, and only then anything changed."""
+    payload = sharded.read_manifest(path)
+    sharded.verify_files(path, payload)
+    saved = payload["objects"]
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    objects = {**objects, **implicit_objects(engine, objects, saved=saved)}
+    in_dcp = [name for name in sharded.sharded_names(objects) if name not in saved]
+    plain = {name: obj for name, obj in objects.items() if name not in in_dcp}
+    problem = None
+    try:
+        states = _checked_states(path, plain, saved, strict)
+    except CheckpointError as exc:
+        problem = exc
+    agreed = sharded.agreed(str(problem) if problem else None)
+    if agreed:
+        raise problem if problem is not None else CheckpointError(agreed)
+    dcp_objects = {name: objects[name] for name in in_dcp}
+    dcp_states = sharded.load_sharded_state(path, dcp_objects)
+    local = sharded.local_tensors(dcp_states)  # each rank checks its own shards; the ranks then agree
+    bad = sharded.agreed(_unusable(path, payload, objects, {**states, **local}, restore_rng))
+    if bad:
+        raise CorruptCheckpointError(f"checkpoint folder {path} cannot be resumed from: {bad}; nothing was changed. "
+                                     "Load an earlier checkpoint")
+    _apply(path, plain, states, strict)
+    sharded.apply_sharded_state(dcp_objects, dcp_states)
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}

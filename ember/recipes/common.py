@@ -24,7 +24,7 @@ from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
-from ember.recipes.flags import MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
+from ember.recipes.flags import GLOBAL_BATCH, MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
 from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import RunError, RunFolder, fit, place
@@ -68,6 +68,9 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
+        if args.strategy == "fsdp" and getattr(args, "async_checkpoint", False):
+            raise RecipeError("--async-checkpoint does not write sharded checkpoints (--strategy fsdp) yet: drop one "
+                              "of them")
         slow = slow_amp_warning(args.amp, self.device)
         if slow and dist.is_main():
             print(slow, file=sys.stderr)
@@ -106,11 +109,15 @@ class RunContext:
 
     def model(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
         """Move the model to the device (in channels-last format with --channels-last) and wrap it for DDP
-        when distributed; the memory format comes first, so DDP's gradient buckets match it."""
+        or FSDP2 (--strategy) when distributed; the memory format comes first, so DDP's gradient buckets match
+        it. FSDP2 shards only contiguous parameters, so under it the weights keep their format (the batches
+        are still channels-last)."""
         model = model.to(self.device)
-        if self.args.channels_last if channels_last is None else channels_last:
+        sharding = self.args.strategy == "fsdp" and dist.world_size() > 1
+        if (self.args.channels_last if channels_last is None else channels_last) and not sharding:
             model = model.to(memory_format=torch.channels_last)
-        return dist.wrap_model(model, self.device)
+        return dist.wrap_model(model, self.device, strategy=self.args.strategy,
+                               mixed_precision=self.args.fsdp_precision)
 
     def trainer(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, **kwargs: Any) -> Engine:
         """`create_trainer` with the recipe's device, --amp, --compile, --cuda-graph and --channels-last.
@@ -150,12 +157,13 @@ class RunContext:
         try:
             result = fit(
                 trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=self.run,
-                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER,
+                resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER | {"batch_size"},
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
                 progress=args.progress, progress_per=progress, max_iterations=args.max_iterations,
                 output_transform=output_transform, resume_hint="--resume", show_plan=args.show_plan,
+                sharded=args.strategy == "fsdp",
             )
         except RunError as exc:
             if exc.setting == "tensorboard":
@@ -173,12 +181,13 @@ class RunContext:
             self.run.close()
 
     def config(self) -> dict[str, Any]:
-        """Every flag of this run (recipe-specific ones included) and the recipe's name, for its checkpoints;
-        the folders are the ones the run uses."""
+        """Every flag of this run (recipe-specific ones included), the recipe's name and the global batch (what
+        must match on resume; the batch per process may change with the number of processes), for its
+        checkpoints; the folders are the ones the run uses."""
         config = {k: v for k, v in vars(self.args).items() if k not in NOT_SAVED}
         if self.run is not None:
             config.update(checkpoint_dir=self.run.path, logdir=self.logdir)
-        return {"recipe": self.recipe.name, **config}
+        return {"recipe": self.recipe.name, **config, GLOBAL_BATCH: self.args.batch_size * dist.world_size()}
 
     def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
         """The TensorBoard logger of this run, as the TensorBoard flags say."""

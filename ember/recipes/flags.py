@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ember import distributed as dist
 from ember.checkpoint.format import CheckpointError
+from ember.checkpoint.sharded import SUFFIX as SHARDED_SUFFIX
 from ember.recipes.recipe import Recipe, RecipeError
 from ember.run import RunFolder, latest_run_dir
 from ember.run.folder import describe
@@ -82,6 +84,11 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
     p.add_argument("--seed", type=_seed, default=recipe.seed, help="random seed (model init, shuffling)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp replicates the model on every process; fsdp shards parameters, "
+                        "gradients and optimizer state over them (FSDP2), with sharded checkpoint folders")
+    p.add_argument("--fsdp-precision", choices=["bf16"], default=None,
+                   help="with --strategy fsdp: compute in bf16, reduce gradients in fp32 (fp32 master weights)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (else $EMBER_DATA)")
     p.add_argument("--data-path", choices=["fast", "dataloader"], default="fast",
                    help="fast: whole dataset on the device, batched there; dataloader: the seed's DataLoader")
@@ -150,6 +157,7 @@ FLAGS: dict[str, Role] = {
     "checkpoint_dir": INVOCATION, "checkpoint_every": WATCHING, "keep_last": WATCHING, "async_checkpoint": WATCHING,
     "resume": Role(adopted=False, may_differ=True, hparam=False, saved=False),
     "compile": RUNTIME, "cuda_graph": RUNTIME, "channels_last": RUNTIME,
+    "strategy": TRAINING, "fsdp_precision": TRAINING,
     "show_plan": INVOCATION, "max_iterations": INVOCATION,
 }  # fmt: skip
 
@@ -164,6 +172,7 @@ NOT_HPARAMS = _with(lambda r: not r.hparam)  # left out of TensorBoard's HParams
 NOT_SAVED = _with(lambda r: not r.saved)  # left out of the configuration saved in checkpoints
 
 _UNSET = object()
+GLOBAL_BATCH = "global_batch_size"  # saved in a run's config: --batch-size times the number of processes
 
 
 def parse_flags(recipe: Recipe, argv: list[str]) -> tuple[argparse.Namespace, RunFolder | None]:
@@ -214,8 +223,8 @@ def find_run(recipe: Recipe, args: argparse.Namespace) -> RunFolder | None:
         return RunFolder.open(folder)
     target = named if named is not None else args.checkpoint_dir
     what = f"--resume {named}" if named is not None else f"--checkpoint-dir {target} --resume"
-    if os.path.isfile(target):
-        folder, file = os.path.dirname(target) or ".", target
+    if os.path.isfile(target) or (os.path.isdir(target) and os.path.normpath(target).endswith(SHARDED_SUFFIX)):
+        folder, file = os.path.dirname(os.path.normpath(target)) or ".", target
     elif os.path.isdir(target):
         folder, file = target, None
     elif named is not None and os.sep not in named and os.path.isdir(os.path.join(root, named)):
@@ -268,8 +277,25 @@ def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: ar
         if key in current and key not in NOT_ADOPTED and key not in explicit:
             current[key] = old
     given = {key: current[key] for key in explicit if key not in NOT_ADOPTED}
-    for key, old, new in run.compare(given, MAY_DIFFER):
+    # with a saved global batch, --batch-size follows the number of processes: checked against it below
+    may_differ = MAY_DIFFER | {"batch_size"} if GLOBAL_BATCH in config else MAY_DIFFER
+    for key, old, new in run.compare(given, may_differ):
         flag = flag_of(parser, key)
         raise RecipeError(f"{_shown(flag, new)} differs from the run being resumed ({run.path}), which has "
                           f"{_shown(flag, old)}; drop {flag} to keep the run's value, or start a new run without "
                           "--resume")
+    _check_global_batch(args, config, run.path)
+
+
+def _check_global_batch(args: argparse.Namespace, config: dict[str, Any], folder: str) -> None:
+    """With another number of processes the run continues where it stopped only with the same global batch
+    (the same iterations per epoch); refuse any other in one line saying which --batch-size would do."""
+    world, saved = dist.planned_world_size(), config.get(GLOBAL_BATCH)
+    if saved is None or args.batch_size * world == saved:
+        return
+    fits = f"pass --batch-size {saved // world}" if saved % world == 0 else \
+        f"use a number of processes that divides {saved}"
+    raise RecipeError(f"--batch-size {args.batch_size} in {world} process{'es' if world > 1 else ''} is a global "
+                      f"batch of {args.batch_size * world}, but the run being resumed ({folder}) has a "
+                      f"global batch of {saved}; {fits} to continue it, or start a new run without --resume")
+

@@ -35,7 +35,7 @@ def fit(
     tensorboard: str | os.PathLike[str] | TensorBoardLogger | None = None, hparams: Mapping[str, Any] | None = None,
     progress: bool | None = None, progress_per: Literal["epoch", "run"] = "epoch", nan_guard: bool = True,
     max_iterations: int | None = None, output_transform: Callable[[Any], Any] | None = None,
-    resume_hint: str = "resume=True", show_plan: bool = False,
+    resume_hint: str = "resume=True", show_plan: bool = False, sharded: bool | None = None,
 ) -> RunResult:
     """Run `trainer` over `data` with checkpoints, resume, NaN guard, TensorBoard, progress and graceful stop.
 
@@ -51,7 +51,8 @@ def fit(
         checkpoint_dir: the run's own folder, or a `RunFolder` already opened (None: a new `checkpoints/<run-id>`);
             it must not hold another run's checkpoints unless `resume`.
         resume: continue exactly from the newest good checkpoint in `checkpoint_dir` (mid-epoch included; a
-            missing or empty folder starts a new run).
+            missing or empty folder starts a new run). A torchelastic restart of the job always resumes: with
+            no `checkpoint_dir`, it continues the folder the job's first start made.
         config: the run's settings (plain values, e.g. `vars(args)`), saved in its checkpoints, compared on resume.
         may_differ: the keys of `config` a resumed run may change (`max_epochs` always may).
         run_id: the id of a new run (default: the folder's name); a resumed run keeps its saved id.
@@ -69,11 +70,14 @@ def fit(
         output_transform: picks the loss out of the trainer's output for TensorBoard and the bar.
         resume_hint: how the messages tell the user to continue a run ("--resume" in `ember train`).
         show_plan: print the trainer's plan (`Engine.describe`) once every handler is attached, before training.
+        sharded: write sharded checkpoint folders, every rank its shards (`Checkpoint(sharded=)`; None: when
+            the model is FSDP2's). A resume loads either kind, resharded to this run's processes.
 
     Returns:
         A `RunResult`; `exit_status` is 0 (finished, or nothing to do), 1 (NaN/Inf loss) or 128 + the signal.
     """
     run = checkpoint_dir if isinstance(checkpoint_dir, RunFolder) else place(checkpoint_dir, run_id=run_id)
+    resume = resume or dist.elastic_restart_count() > 0  # torchelastic restarted the group: continue the run
     try:
         objects = {**(objects or {}), "trainer": trainer}
         record = RunRecord(run.run_id, {**(config or {}), "max_epochs": max_epochs})
@@ -90,7 +94,7 @@ def fit(
         wiring = _wire(trainer, objects, run.path, checkpoint_every=checkpoint_every, keep_last=keep_last,
                        async_checkpoint=async_checkpoint, nan_guard=nan_guard, tensorboard=tensorboard,
                        logdir=logdir, hparams=hparams, progress=progress, progress_per=progress_per,
-                       max_iterations=max_iterations, output_transform=output_transform)
+                       max_iterations=max_iterations, output_transform=output_transform, sharded=sharded)
         if show_plan:
             _say(trainer.describe())
         _run(trainer, data, max_epochs, wiring.stop)
@@ -216,12 +220,13 @@ def _wire(trainer: Engine, objects: dict[str, Any], folder: str, *, checkpoint_e
           async_checkpoint: bool, nan_guard: bool, tensorboard: str | os.PathLike[str] | TensorBoardLogger | None,
           logdir: str | None, hparams: Mapping[str, Any] | None, progress: bool | None,
           progress_per: Literal["epoch", "run"], max_iterations: int | None,
-          output_transform: Callable[[Any], Any] | None) -> _Wiring:
+          output_transform: Callable[[Any], Any] | None, sharded: bool | None) -> _Wiring:
     """Attach the NaN guard, the checkpoints, TensorBoard, the progress bar, max_iterations and the stop."""
     if nan_guard:
         trainer.add(TerminateOnNan())
     saver = trainer.add(Checkpoint(objects, folder, every_epochs=1, every_iterations=checkpoint_every,
-                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint))
+                                   keep_last=keep_last, save_on_exception=True, async_save=async_checkpoint,
+                                   sharded=sharded))
     logger = None
     if isinstance(tensorboard, TensorBoardLogger):
         logger = trainer.add(tensorboard)

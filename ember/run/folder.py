@@ -3,14 +3,17 @@
 `RunFolder` is the one place that finds, opens and resumes a run (`ember.fit` and `ember train` both use it):
 
 - `RunFolder.create(root)` makes a new, empty folder `root/<run-id>`; `RunFolder.open(path)` opens a given one
-  (created if missing) and lists it once: `candidates` (its checkpoint files, newest first by the iteration
+  (created if missing) and lists it once: `candidates` (its checkpoint files and sharded checkpoint folders
+  `*.dcp`, newest first by the iteration
   recorded inside each), `checkpoint` (the one a resume loads) and `record` (the run record saved in it,
   `{"run_id", "config"}`, read through the checkpoint format's own verified reader). `RunFolder.open(path,
   file=...)` resumes from exactly that file.
 - `lock()` takes an OS file lock (`fcntl.flock`) on `<folder>/.lock` for the whole run (the file is removed
   when the run ends); the kernel releases it when the process dies, so a crash never leaves it stuck. A
   second run on the same folder gets a `RunError` naming the pid that holds it. `place` does this for every
-  rank of a torchrun job (rank 0 creates and locks; every rank raises its refusal).
+  rank of a torchrun job (rank 0 creates and locks; every rank raises its refusal). After a torchelastic
+  restart of the job, `place` opens the folder the job's first start created (marked `.elastic-run` with
+  TORCHELASTIC_RUN_ID) instead of creating another: a restart continues the same run.
 - `restore(objects)` loads the chosen checkpoint (falling back past a damaged one, as `resume_latest` does);
   `close()` lets go of the lock and removes a folder this run created but never saved into.
 """
@@ -25,10 +28,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ember import distributed as dist
-from ember.checkpoint.folder import candidates, skipping
-from ember.checkpoint.format import CorruptCheckpointError, read
+from ember.checkpoint.folder import candidates, read_any, skipping
+from ember.checkpoint.format import CorruptCheckpointError
 from ember.checkpoint.restore import resume_from
 from ember.run.record import RUN_KEY, RunError, differing, record_problem
+from ember.utils.atomic import write_atomic
 
 try:
     import fcntl
@@ -36,6 +40,7 @@ except ImportError:  # Windows: no flock; runs there are not protected against a
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+ELASTIC_MARK = ".elastic-run"  # in a run folder: the TORCHELASTIC_RUN_ID of the torchrun job that started the run
 
 
 def new_run_id() -> str:
@@ -53,10 +58,42 @@ def latest_run_dir(root: str | os.PathLike[str]) -> str | None:
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             continue
-        times = [e.stat().st_mtime for e in os.scandir(folder) if e.name.endswith(".pt") and not e.name[0] == "."]
+        times = [e.stat().st_mtime for e in os.scandir(folder) if is_checkpoint_name(e.name)]
         if times and (best is None or max(times) > best[0]):
             best = (max(times), folder)
     return best[1] if best else None
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a name in a run folder is a checkpoint's: a file `*.pt` or a sharded folder `*.dcp`."""
+    return name.endswith((".pt", ".dcp")) and not name.startswith(".")
+
+
+def elastic_run_dir(root: str | os.PathLike[str]) -> str | None:
+    """The run folder under `root` that this torchrun job started, when torchelastic restarted it (None on a
+    first start, outside torchrun, or when no folder under `root` was marked by this job's run id).
+
+    A restart is not a new run: rank 0 of the first start marks the folder it made (`mark_elastic_run`) with
+    TORCHELASTIC_RUN_ID (torchrun's --rdzv-id; a fresh id for --standalone), and the restarted processes find
+    it by that mark."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not job or dist.elastic_restart_count() == 0 or not os.path.isdir(root):
+        return None
+    found = []
+    for entry in os.scandir(root):
+        mark = os.path.join(entry.path, ELASTIC_MARK)
+        if entry.is_dir() and os.path.isfile(mark):
+            with open(mark) as f:
+                if f.read().strip() == job:
+                    found.append((os.path.getmtime(mark), entry.path))
+    return max(found)[1] if found else None
+
+
+def mark_elastic_run(folder: str | os.PathLike[str]) -> None:
+    """Record in a new run's folder which torchrun job started it (see `elastic_run_dir`); rank 0 only."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if job and dist.is_main():
+        write_atomic(os.path.join(os.fspath(folder), ELASTIC_MARK), lambda f: f.write(job.encode()))
 
 
 class RunFolder:
@@ -123,7 +160,7 @@ class RunFolder:
         run = cls(path, run_id or os.path.basename(os.path.normpath(path)), created=created)
         if file is not None:
             file = os.fspath(file)
-            problem = run._take_record(file, read(file, peek=True))
+            problem = run._take_record(file, read_any(file, peek=True))  # a file, or a sharded folder's manifest
             if problem:
                 raise CorruptCheckpointError(problem)
             run.candidates, run.checkpoint = [file], file
@@ -213,20 +250,31 @@ class RunFolder:
             self._lock_fd = None
         if self.created:
             with contextlib.suppress(OSError):
+                if os.listdir(self.path) == [ELASTIC_MARK]:
+                    os.unlink(os.path.join(self.path, ELASTIC_MARK))  # nothing saved: no run to restart into
                 os.rmdir(self.path)  # only when empty
 
 
 def place(path: str | os.PathLike[str] | RunFolder | None, *, root: str = "checkpoints",
           run_id: str | None = None) -> RunFolder:
     """The run's folder, locked by rank 0, the same on every rank: `path` opened (or already a `RunFolder`),
-    or a new folder under `root`. A failure on rank 0 (a folder in use, one that cannot be made) is raised on
-    every rank, so that no rank waits for the others forever."""
+    else the folder under `root` this torchrun job started when torchelastic restarted it (`elastic_run_dir`),
+    else a new folder under `root` (marked for later restarts). A failure on rank 0 (a folder in use, one that
+    cannot be made) is raised on every rank, so that no rank waits for the others forever. A collective call
+    under torchrun."""
     run = path if isinstance(path, RunFolder) else None
     error: str | None = None
     if dist.is_main():
         try:
-            if run is None:
-                run = RunFolder.create(root, run_id) if path is None else RunFolder.open(path, run_id=run_id)
+            if run is None and path is None:
+                restarted = elastic_run_dir(root)
+                if restarted is not None:
+                    run = RunFolder.open(restarted)
+                else:
+                    run = RunFolder.create(root, run_id)
+                    mark_elastic_run(run.path)
+            elif run is None:
+                run = RunFolder.open(path, run_id=run_id)
             run.lock()
         except RunError as exc:
             if run is not None and run is not path:
@@ -245,7 +293,7 @@ def place(path: str | os.PathLike[str] | RunFolder | None, *, root: str = "check
 def describe(path: str) -> str:
     """What a folder holds, for a refusal that found no checkpoint in it."""
     try:
-        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME)
+        names = sorted(n for n in os.listdir(path) if n not in (LOCK_NAME, ELASTIC_MARK))
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
     if not names:
@@ -254,4 +302,5 @@ def describe(path: str) -> str:
     return f"it holds no checkpoint (only {shown})"
 
 
-__all__ = ["LOCK_NAME", "RunFolder", "describe", "latest_run_dir", "new_run_id", "place"]
+__all__ = ["ELASTIC_MARK", "LOCK_NAME", "RunFolder", "describe", "is_checkpoint_name", "latest_run_dir", "new_run_id",
+           "place"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ember import distributed as dist
 from ember.engine.engine import Engine, ProcessFunction
 from ember.steps.batch import Amp, CompileMode, PrepareBatch, autocast, compiled, default_prepare_batch, device_type
 from ember.steps.cuda_graph import GraphedStep, check_cuda_graph
@@ -73,7 +74,7 @@ def create_trainer(
         output_transform: `output_transform(x, y, y_pred, loss)` is the step's output instead of the loss.
         cuda_graph: capture the whole step as one CUDA graph.
         compile: torch.compile the model's forward (True, or a mode name).
-        channels_last: use channels-last memory format for the model and 4-D inputs.
+        channels_last: use channels-last memory format for the model (not an FSDP2-sharded one) and 4-D inputs.
     """
     checks.positive_int("accumulate", accumulate)
     prepare = prepare_batch or default_prepare_batch
@@ -84,7 +85,7 @@ def create_trainer(
     autocast_context = autocast(amp, step_device_type, cache=not cuda_graph)
     scaler = torch.amp.GradScaler(step_device_type) if amp == "fp16" else None
     params = [p for p in model.parameters() if p.requires_grad]
-    if channels_last:
+    if channels_last and not dist.is_sharded(model):  # FSDP2 shards only contiguous parameters
         model.to(memory_format=torch.channels_last)
     net = compiled(model, compile)
 

@@ -32,8 +32,9 @@ def temp_path(path: str) -> str:
 
 
 def remove_stale_temp_files(dirname: str | os.PathLike[str]) -> None:
-    """Delete the temp files in `dirname` of processes that no longer run (killed while writing); those of live
-    processes (this one included) may be being written right now and are left alone."""
+    """Delete the temp files (and temp folders of sharded checkpoints) in `dirname` of processes that no longer
+    run (killed while writing); those of live processes (this one included) may be being written right now and
+    are left alone."""
     try:
         names = os.listdir(dirname)
     except OSError:
@@ -42,8 +43,12 @@ def remove_stale_temp_files(dirname: str | os.PathLike[str]) -> None:
         match = _TMP_RE.match(name)
         if match is None or pid_alive(int(match.group("pid"))):
             continue
+        path = os.path.join(dirname, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)  # a sharded checkpoint's folder, never committed
+            continue
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(dirname, name))
+            os.unlink(path)
 
 
 def fsync_dir(dirname: str) -> None:

@@ -69,8 +69,8 @@ def test_resume_continues_the_newest_run_with_its_flags_and_refuses_a_differing_
     before = files(folder)
     for flags, shown in [(["--lr", "0.001"], "--lr 0.001 differs from the run being resumed ({}), which has --lr "
                                              "0.05; drop --lr to keep the run's value"),
-                         (["--batch-size", "32"], "--batch-size 32 differs from the run being resumed ({}), which "
-                                                  "has --batch-size 64")]:
+                         (["--batch-size", "32"], "--batch-size 32 in 1 process is a global batch of 32, but the run "
+                                                  "being resumed ({}) has a global batch of 64")]:
         rc, out, err = train(capsys, "--resume", *flags)
         assert rc == 1 and out == "" and err.count("\n") == 1, err
         assert shown.format(folder) in err, err

@@ -50,11 +50,13 @@ def test_under_torchrun_the_ranks_agree_every_check_every_iterations(monkeypatch
 
     monkeypatch.setattr(module.dist, "world_size", lambda: 2)
     monkeypatch.setattr(module.dist, "all_reduce_sum", all_reduce_sum)
+    monkeypatch.setattr(module.dist, "all_gather_object", lambda own: [own, signal.SIGUSR1])  # only once stopping
     _, trainer, data = tiny_trainer()
-    trainer.add(GracefulStop(check_every=20))
+    stop = trainer.add(GracefulStop(check_every=20))
     trainer.run(data, max_epochs=5)
     assert trainer.state.iteration == 20 and calls == [0]
-    assert trainer.state.stop_reason is None  # this rank got no signal itself
+    # This rank got no signal itself: it stops as the signalled one does, with its name and exit status.
+    assert trainer.state.stop_reason == "SIGUSR1" and stop.exit_status == 138
 
 
 def test_bad_check_every_is_refused():
