@@ -21,9 +21,8 @@ from harness import Child, assert_same, load_payload, python, run_cli, write_tin
 from torch import nn
 from torch.nn import functional as F
 
-from ember.callbacks import Checkpoint
+from ember.callbacks import Checkpoint, GracefulStop
 from ember.engine import Events
-from ember.recipes.common import graceful_stop
 from ember.steps import create_trainer
 
 STEPS = 12  # mnist-lenet on 48 images, batch 8, 2 epochs
@@ -179,7 +178,8 @@ def test_a_signal_before_the_step_ends_stops_after_that_step(tmp_path):
     model, optimizer, trainer = build()
     trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path))
     trainer.add_event_handler(Events.ITERATION_STARTED(once=5), lambda: os.kill(os.getpid(), signal.SIGTERM))
-    with graceful_stop(trainer) as stop:
+    stop = trainer.add(GracefulStop())
+    with stop:
         trainer.run(data, max_epochs=1)
     assert stop.signum == signal.SIGTERM and trainer.state.iteration == 5
     saved = load_payload(Checkpoint.latest(tmp_path))
