@@ -216,6 +216,11 @@ class _Wiring:
     saver: Checkpoint
 
 
+def stop_at_max_iterations(engine: Engine) -> None:
+    """`max_iterations`' stop, named so that the plan (`describe()`, `--show-plan`) says what it is."""
+    engine.terminate()
+
+
 def _wire(trainer: Engine, objects: dict[str, Any], folder: str, *, checkpoint_every: int | None, keep_last: int,
           async_checkpoint: bool, nan_guard: bool, tensorboard: str | os.PathLike[str] | TensorBoardLogger | None,
           logdir: str | None, hparams: Mapping[str, Any] | None, progress: bool | None,
@@ -239,7 +244,7 @@ def _wire(trainer: Engine, objects: dict[str, Any], folder: str, *, checkpoint_e
                            setting="tensorboard") from None
     trainer.add(ProgressBar(per=progress_per, enabled=progress, output_transform=output_transform))
     if max_iterations is not None:
-        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=max_iterations), lambda e: e.terminate())
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=max_iterations), stop_at_max_iterations)
     stop = trainer.add(GracefulStop())
     if logger is not None:  # a run stopped to be resumed writes its hparams when it finishes
         logger.hparams_if = lambda e: stop.signum is None and (max_iterations is None or finished(e.state))
