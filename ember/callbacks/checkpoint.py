@@ -213,11 +213,13 @@ class Checkpoint:
     def _epoch_end_began(self, engine: Engine) -> None:
         """Note that the epoch's end runs; with save_on_exception, take the state as it is before it (the
         state_dicts: references to the tensors, copies of the counters, LRs and handler states), to save should
-        one of its handlers raise before this handler's turn."""
+        one of its handlers raise before this handler's turn (not for sharded folders: their save needs every
+        rank, which an exception does not promise)."""
         step = engine.state.iteration
         self._epoch_end_began_at = step
         self._before_end = None
-        if self.save_on_exception and self.keep_last != 0 and dist.is_main() and self._refusal(engine) is None \
+        if self.save_on_exception and self.keep_last != 0 and not self.sharded and dist.is_main() \
+                and self._refusal(engine) is None \
                 and not (self._step == step and "regular" in self._step_kinds):
             self._before_end = self._payload(engine, step, None, None, epoch_end_pending=True)
 

@@ -280,3 +280,17 @@ def test_a_folder_cut_at_an_epochs_last_iteration_resumes_through_that_end(tmp_p
     assert result.resumed_from.endswith("checkpoint_000000006.dcp")
     assert opt.param_groups[0]["lr"] == straight_opt.param_groups[0]["lr"] == 0.0025
     assert states_equal(straight_model, model, straight_opt, opt)
+
+
+def test_an_exception_in_the_epoch_end_writes_no_single_file_among_the_folders(tmp_path: Path) -> None:
+    model, optimizer, trainer = build()
+    trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=4, keep_last=None,
+                           sharded=True, save_on_exception=True))
+
+    def broken(_: ember.Engine) -> None:
+        raise RuntimeError("a handler of the epoch's end failed")
+
+    trainer.add_event_handler(ember.Events.EPOCH_COMPLETED, broken)
+    with pytest.warns(RuntimeWarning, match="NOT saving after RuntimeError"), pytest.raises(RuntimeError):
+        trainer.run(DATA, max_epochs=1)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_000000004.dcp"]
