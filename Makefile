@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ember-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test test-long lint bench ignite-suite ignite-suite-full clean
+.PHONY: setup data train test test-long realdata lint bench ignite-suite ignite-suite-full clean
 
 setup: $(STAMP) data
 
@@ -32,11 +32,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check ember tests benchmarks tools
 
 test: setup lint
-	$(BIN)/python -m pytest -q -m "not multiprocess_long" $(ARGS)
+	$(BIN)/python -m pytest -q $(ARGS)
 
 # The long multi-process cases (FSDP2, sharded checkpoints under kills, elastic restarts, two nodes): a few minutes.
 test-long: setup
 	$(BIN)/python -m pytest -q -m multiprocess_long $(ARGS)
+
+# The outputs the docs quote from real FashionMNIST runs, run again (tests/test_docs.py; a few minutes on a CPU).
+realdata: setup
+	$(BIN)/python -m pytest -q -m realdata tests/test_docs.py $(ARGS)
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c constraints.txt

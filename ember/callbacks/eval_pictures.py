@@ -114,9 +114,14 @@ def _name(classes: Sequence[str] | None, index: int, width: int = 12) -> str:
     return text if len(text) <= width else text[: width - 1] + "."
 
 
-def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None = None, cell: int = 32) -> np.ndarray:
+CARD_WIDTH = 320  # TensorBoard's Time Series cards are at least 335 px wide, padding included
+
+
+def confusion_matrix_image(counts: torch.Tensor, classes: Sequence[str] | None = None, cell: int = 24) -> np.ndarray:
     """An RGB picture (H x W x 3 uint8) of a confusion matrix: rows are true classes, columns predicted;
-    each cell shows its count, shaded by its share of the row (the diagonal in blue, mistakes in red)."""
+    each cell shows its count, shaded by its share of the row (the diagonal in blue, mistakes in red). With
+    ten classes it is at most CARD_WIDTH wide, so a Time Series card shows it at its own size, readable,
+    not shrunk."""
     from PIL import Image, ImageDraw
 
     counts = counts.long().cpu()
@@ -162,10 +167,10 @@ def _tile(image: torch.Tensor, scale: int) -> Image.Image:
 
 
 def misclassified_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor,
-                       classes: Sequence[str] | None = None, columns: int = 4) -> np.ndarray:
+                       classes: Sequence[str] | None = None, columns: int = 3) -> np.ndarray:
     """An RGB grid (H x W x 3 uint8) of misclassified inputs, each captioned with its predicted (red) and
-    true (green) class; an empty set gives a small picture that says so. Four columns keep it about as wide
-    as a TensorBoard image card, so it is readable without "show actual image size"."""
+    true (green) class; an empty set gives a small picture that says so. Three columns keep it within
+    CARD_WIDTH, so a Time Series card shows it at its own size."""
     from PIL import Image, ImageDraw
 
     font = _font(11)

@@ -1,11 +1,13 @@
-"""TensorBoard logging in one layout for every run: train and validation side by side, per epoch and per
-iteration, with throughput, learning rates, gradient norm, pictures of the evaluation and hparams."""
+"""TensorBoard logging in one layout for every run: one TensorBoard run per training run, train and
+validation side by side, per epoch and per iteration, with throughput, learning rates, gradient norm,
+pictures of the evaluation and hparams; `run_name` names a run for the HParams table."""
 
 from __future__ import annotations
 
 import math
 import numbers
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 TRAIN, VAL = "train", "val"
-# Metrics where lower is better, for the `running_best/<name>` curves; for every other one higher is better.
+# TensorBoard's Time Series page opens the first two tag groups (a tag's group is its part before the first
+# "/", groups in name order): "epoch" and "iteration" sort first, then "pictures", "val_best" and "weights".
+EPOCH, ITERATION, PICTURES, BEST, WEIGHTS = "epoch", "iteration", "pictures", "val_best", "weights"
+# Metrics where lower is better, for the `val_best/<name>` curves; for every other one higher is better.
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae")
 
 
@@ -40,34 +45,63 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     return float(number) if isinstance(number, numbers.Real) else str(value)
 
 
+def run_name(run_id: str, recipe: str, flags: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """A short name for a run that tells it from its neighbours in TensorBoard's HParams table: the flags
+    that differ from the recipe's defaults, the run's start time and the recipe, e.g.
+    `lr=0.05 epochs=4 · 12-07 02:52:48 · fashion-mnist-mlp` for run id `20261207-025248`. The table cuts long
+    names at their end, so what tells runs apart comes first; runs with the same name would be merged into
+    one row, so the whole run id (its time, and any `-2` suffix) stays in it.
+
+    Args:
+        run_id: the run's id (`YYYYMMDD-HHMMSS`, maybe with a suffix; any other id is used as it is).
+        recipe: the recipe's name.
+        flags: the run's flags as given (before `auto` values are resolved), by argparse name.
+        defaults: the recipe's defaults, by the same names; a flag missing here is left out.
+    """
+    changed = []
+    for key, value in flags.items():
+        if key not in defaults or value == defaults[key]:
+            continue
+        flag = key.replace("_", "-")
+        changed.append(flag if value is True else f"no-{flag}" if value is False else f"{flag}={value}")
+    match = re.fullmatch(r"\d{4}(\d\d)(\d\d)-(\d\d)(\d\d)(\d\d)(.*)", run_id)
+    stamp = f"{match[1]}-{match[2]} {match[3]}:{match[4]}:{match[5]}{match[6]}" if match else run_id
+    return " · ".join(part for part in (" ".join(changed), stamp, recipe) if part)
+
+
 def lower_is_better(name: str) -> bool:
     """Whether a metric called `name` improves downwards (losses, errors)."""
     return any(word in name.lower() for word in LOWER_IS_BETTER)
 
 
 class TensorBoardLogger:
-    """Writes a run to TensorBoard in ember's layout (see docs/tensorboard.md), under `logdir`:
+    """Writes a run to TensorBoard in ember's layout (see docs/tensorboard.md): one TensorBoard run, the
+    folder `logdir`, whose x axis is the iteration for every chart:
 
-    - `logdir/train` and `logdir/val`, step = epoch: the same tags in both, so TensorBoard draws train
-      and validation in one chart: `epoch/loss` (train: the mean of the epoch's step losses, summed on the
-      device and read once per epoch), `epoch/accuracy` (train: from `correct=` a CorrectCounter or a
-      "correct" count in the step's output), and `epoch/<name>` for every number in `state.metrics` named
-      `train/<name>` or `val/<name>` (Evaluate's prefix). In train also `epoch/samples_per_s`,
-      `epoch/time_s` (the training part of the epoch) and on CUDA `epoch/peak_memory_mib`; in val
-      `running_best/<name>`, the best value so far, and the pictures `images/confusion_matrix` and
-      `images/misclassified` when the evaluator has EvalPictures attached.
-    - `logdir` itself, step = iteration, every `log_every` iterations: `iteration/loss`,
-      `iteration/grad_norm` (global L2 norm of the gradients, computed on the device at those steps only)
-      and `iteration/lr` (`iteration/lr_group{i}` with several parameter groups), the rate the iteration used.
-    - `histograms_every` epochs the weights and gradients as histograms `weights/<param>`, `grads/<param>`
-      in train; with `graph=True` the model graph (traced once on the first batch).
-    - hparams (TensorBoard's HParams plugin, not scalar charts) at COMPLETED, with the final and best
-      validation values as metrics; `hparams_if(engine)` can veto them for a run that will be resumed.
+    - `epoch/<name>/train` and `epoch/<name>/val` at the last iteration of each epoch, side by side in the
+      `epoch` group: `epoch/loss/*` (train: the mean of the epoch's step losses, summed on the device and
+      read once per epoch), `epoch/accuracy/*` (train: from `correct=` a CorrectCounter or a "correct" count
+      in the step's output), and one pair for every number in `state.metrics` named `train/<name>` or
+      `val/<name>` (Evaluate's prefix); and `epoch/samples_per_s`, `epoch/time_s` (the training part of the
+      epoch) and on CUDA `epoch/peak_memory_mib`. In a group of its own, `val_best/<name>`: the best
+      validation value so far.
+    - every `log_every` iterations: `iteration/loss`, `iteration/grad_norm` (global L2 norm of the
+      gradients, computed on the device at those steps only) and `iteration/lr` (`iteration/lr_group{i}`
+      with several parameter groups), the rate the iteration used.
+    - the pictures `pictures/confusion_matrix` and `pictures/misclassified` when the evaluator has
+      EvalPictures attached; `histograms_every` epochs the weights and gradients as histograms
+      `weights/<param>` and `weights/<param>/grad`; with `graph=True` the model graph (traced once on the
+      first batch).
+    - hparams (TensorBoard's HParams plugin, not scalar charts) at COMPLETED, listed under `run_name`, with the
+      run's final and best validation values as metrics; `hparams_if(engine)` can veto them for a run that
+      will be resumed.
 
     Values are read from the device only on the iterations that log and once per epoch. A resumed run
-    (restored with `load_state_dict` from a checkpoint holding `state_dict()`) continues the same folders:
+    (restored with `load_state_dict` from a checkpoint holding `state_dict()`) continues the same folder:
     events past the checkpoint are purged, and the resumed epoch's time, loss and accuracy cover the whole
-    epoch. Only rank 0 writes under torch.distributed. Attach after Evaluate and before Checkpoint.
+    epoch. Only rank 0 writes under torch.distributed. Its order (READ) runs it after Evaluate and before
+    Checkpoint whatever order they were attached in, and a Checkpoint on the same engine saves its state with
+    every other handler's (docs/order-and-state.md): nothing to pass.
 
     Args:
         logdir: the run's folder.
@@ -76,6 +110,7 @@ class TensorBoardLogger:
         graph: write the model graph once.
         model: the trained model (default: the trainer's `model` attribute), for gradients, histograms, graph.
         hparams: the run's hyperparameters for the HParams dashboard.
+        run_name: the run's name in the HParams table (default: its folder); `run_name()` makes a short one.
         hparams_if: called at COMPLETED; hparams are written only when it returns True (default: always).
         output_transform: picks the loss out of the step's output.
         correct: a CorrectCounter wrapping the trainer's loss function, for the training accuracy.
@@ -94,6 +129,7 @@ class TensorBoardLogger:
         graph: bool = False,
         model: torch.nn.Module | None = None,
         hparams: Mapping[str, Any] | None = None,
+        run_name: str | None = None,
         hparams_if: Callable[[Engine], bool] | None = None,
         output_transform: Callable[[Any], Any] | None = None,
         correct: CorrectCounter | None = None,
@@ -110,6 +146,8 @@ class TensorBoardLogger:
         self.graph = graph
         self.model = model
         self.hparams = {str(k): _hparam_value(v) for k, v in (hparams or {}).items()}
+        # not `name`: a handler's `name` is part of its key in checkpoints (docs/order-and-state.md)
+        self.run_name = run_name
         self.hparams_if = hparams_if
         self.output_transform = output_transform
         self.correct = correct
@@ -117,7 +155,6 @@ class TensorBoardLogger:
         self.flush_secs = flush_secs
         self.main = dist.is_main()
         self.writer: SummaryWriter | None = None
-        self.writers: dict[str, SummaryWriter] = {}
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self._epoch: EpochTotals | None = None
@@ -157,25 +194,20 @@ class TensorBoardLogger:
         return param.device if param is not None and param.device.type == "cuda" else None
 
     def _open(self, engine: Engine) -> None:
-        """Open the three writers; on a resumed run, purge what was logged after the checkpoint."""
+        """Open the writer; on a resumed run, purge what was logged after the checkpoint."""
         from ember.callbacks._tb_writer import SummaryWriter  # imported here: `import ember` stays light
 
-        if self.writers and self.writer is not None and self.writer.file_writer is not None:
+        if self.writer is not None and self.writer.file_writer is not None:
             return
         s = engine.state
         resumed = s.iteration > 0
-        epochs_done = s.iteration // s.epoch_length if s.epoch_length else s.epoch
         if resumed:
             _next_second_if_taken(self.logdir)
-        # Every writer starts with a session-start marker: TensorBoard takes each one after a run's first as a
-        # restart and drops the points from its step on (what a killed run logged after its checkpoint).
+        # The writer starts with a session-start marker: TensorBoard takes each one after a run's first as a
+        # restart and drops the points from its step on (what a killed run logged after its checkpoint). Every
+        # chart's step is the iteration, so one marker covers the epoch charts too.
         self.writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs,
                                     purge_step=s.iteration + 1 if resumed else 0)
-        self.writers = {"": self.writer}
-        for name in (TRAIN, VAL):
-            self.writers[name] = SummaryWriter(os.path.join(self.logdir, name), report_dir=self.logdir,
-                                               flush_secs=self.flush_secs,
-                                               purge_step=epochs_done + 1 if resumed else 0)
 
     # ------------------------------------------------------------------ per iteration
     def _epoch_started(self, engine: Engine) -> None:
@@ -230,12 +262,12 @@ class TensorBoardLogger:
             values = torch.stack([torch.as_tensor(v, device=device).double().reshape(()) for v in values]).tolist()
         step, writer = engine.state.iteration, self.writer
         assert writer is not None
-        writer.add_scalar("iteration/loss", float(values[0]), step)
+        writer.add_scalar(f"{ITERATION}/loss", float(values[0]), step)
         if norm is not None:
-            writer.add_scalar("iteration/grad_norm", float(values[1]), step)
+            writer.add_scalar(f"{ITERATION}/grad_norm", float(values[1]), step)
         lrs = values[2:]
         for i, lr in enumerate(lrs):
-            writer.add_scalar("iteration/lr" if len(lrs) == 1 else f"iteration/lr_group{i}", float(lr), step)
+            writer.add_scalar(f"{ITERATION}/lr" if len(lrs) == 1 else f"{ITERATION}/lr_group{i}", float(lr), step)
         if self.graph and not self._graph_done:
             self._write_graph(engine)
 
@@ -262,82 +294,93 @@ class TensorBoardLogger:
         self._evaluations += 1
 
     def _log_epoch(self, engine: Engine) -> None:
-        s, epoch = engine.state, self._epoch
-        step = s.epoch
-        train, val = self.writers[TRAIN], self.writers[VAL]
-        if epoch is not None and epoch.epoch == step and epoch.steps:
+        s, epoch, writer = engine.state, self._epoch, self.writer
+        assert writer is not None
+        step = s.iteration  # the epoch's last iteration: every chart of the run shares one x axis
+        if epoch is not None and epoch.epoch == s.epoch and epoch.steps:
             if self.correct is not None and (count := self.correct.take()) is not None:
                 epoch.correct = count + epoch.correct
                 epoch.counted = epoch.samples
             mean, accuracy = epoch.read()
             seconds = epoch.elapsed()
-            train.add_scalar("epoch/loss", mean, step)
+            writer.add_scalar(f"{EPOCH}/loss/{TRAIN}", mean, step)
             if accuracy is not None:
-                train.add_scalar("epoch/accuracy", accuracy, step)
-            train.add_scalar("epoch/time_s", seconds, step)
-            train.add_scalar("epoch/samples_per_s", epoch.samples / seconds if seconds > 0 else 0.0, step)
+                writer.add_scalar(f"{EPOCH}/accuracy/{TRAIN}", accuracy, step)
+            writer.add_scalar(f"{EPOCH}/time_s", seconds, step)
+            writer.add_scalar(f"{EPOCH}/samples_per_s", epoch.samples / seconds if seconds > 0 else 0.0, step)
             if (cuda := self._cuda_device(engine)) is not None:
-                train.add_scalar("epoch/peak_memory_mib", torch.cuda.max_memory_allocated(cuda) / 2**20, step)
+                writer.add_scalar(f"{EPOCH}/peak_memory_mib", torch.cuda.max_memory_allocated(cuda) / 2**20, step)
         # With Evaluate, validation values are new only after an evaluation (it may run every n epochs).
         fresh = self._evaluations == 0 or self._evaluations > self._evaluations_logged
         self._evaluations_logged = self._evaluations
-        for prefix, writer in ((f"{TRAIN}/", train), (f"{VAL}/", val)):
-            if prefix == f"{VAL}/" and not fresh:
+        for split in (TRAIN, VAL):
+            if split == VAL and not fresh:
                 continue
             for name, value in s.metrics.items():
-                if name.startswith(prefix):
-                    self._log_metric(writer, prefix, name[len(prefix):], value, step)
-        if self.histograms_every and step % self.histograms_every == 0:
+                if name.startswith(f"{split}/"):
+                    self._log_metric(split, name[len(split) + 1:], value, step)
+        if self.histograms_every and s.epoch % self.histograms_every == 0:
             self._log_histograms(engine, step)
 
-    def _log_metric(self, writer: SummaryWriter, prefix: str, name: str, value: Any, step: int) -> None:
+    def _log_metric(self, split: str, name: str, value: Any, step: int) -> None:
+        writer = self.writer
+        assert writer is not None
+        suffix = "" if split == VAL else f"/{split}"  # the pictures are the evaluation's
         if name == CONFUSION_MATRIX and isinstance(value, torch.Tensor) and value.ndim == 2:
-            writer.add_image("images/confusion_matrix", confusion_matrix_image(value, self.class_names), step,
+            writer.add_image(f"{PICTURES}/{name}{suffix}", confusion_matrix_image(value, self.class_names), step,
                              dataformats="HWC")
             return
         if name == MISCLASSIFIED and isinstance(value, Mapping):
             grid = misclassified_grid(value["images"], value["predicted"], value["true"], self.class_names)
-            writer.add_image("images/misclassified", grid, step, dataformats="HWC")
+            writer.add_image(f"{PICTURES}/{name}{suffix}", grid, step, dataformats="HWC")
             return
         number = as_number(value)
         if not isinstance(number, numbers.Real):
             return
         number = float(number)
-        writer.add_scalar(f"epoch/{name}", number, step)
-        if prefix == f"{VAL}/" and math.isfinite(number):
+        writer.add_scalar(f"{EPOCH}/{name}/{split}", number, step)
+        if split == VAL and math.isfinite(number):
             self.final[name] = number
             better = min if lower_is_better(name) else max
             self.best[name] = better(self.best.get(name, number), number)
-            writer.add_scalar(f"running_best/{name}", self.best[name], step)
+            writer.add_scalar(f"{BEST}/{name}", self.best[name], step)
 
     def _log_histograms(self, engine: Engine, step: int) -> None:
-        writer, model = self.writers[TRAIN], self._model(engine)
-        assert model is not None
+        writer, model = self.writer, self._model(engine)
+        assert writer is not None and model is not None
         for name, param in model.named_parameters():
-            writer.add_histogram(f"weights/{name}", param.detach(), step)
+            writer.add_histogram(f"{WEIGHTS}/{name}", param.detach(), step)
             if param.grad is not None:
-                writer.add_histogram(f"grads/{name}", param.grad.detach(), step)
+                writer.add_histogram(f"{WEIGHTS}/{name}/grad", param.grad.detach(), step)
 
     # ------------------------------------------------------------------ end of run
     def _flush(self, engine: Engine) -> None:
-        for writer in self.writers.values():
-            writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def _on_completed(self, engine: Engine) -> None:
-        if self.hparams and self.writers and (self.hparams_if is None or self.hparams_if(engine)):
+        if self.hparams and self.writer is not None and (self.hparams_if is None or self.hparams_if(engine)):
             self.write_hparams()
         self.close()
 
     def write_hparams(self) -> None:
-        """Write the hparams into the val run, so that its values (final and best) are the HParams metrics.
+        """Write the hparams into the run, so that its values (final and best validation) are the HParams
+        metrics, listed under `run_name` when one was given.
 
         No experiment summary is written: TensorBoard then lists the union of every run's hparams (runs
         of different recipes have different flags) and, as metrics, the scalars of the session's run.
         """
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         _, start, end = hparams_summaries(dict(self.hparams), {})
-        file_writer = self.writers[VAL]._get_file_writer()  # reopens the event file if the run closed it
+        if self.run_name:  # the HParams table lists a session under its group name (else under its run's folder)
+            plugin_data = start.value[0].metadata.plugin_data
+            data = HParamsPluginData.FromString(plugin_data.content)
+            data.session_start_info.group_name = self.run_name
+            plugin_data.content = data.SerializeToString()
+        assert self.writer is not None
+        file_writer = self.writer._get_file_writer()  # reopens the event file if the run closed it
         file_writer.add_summary(start)
         file_writer.add_summary(end)
 
@@ -346,10 +389,10 @@ class TensorBoardLogger:
         self.close()
 
     def close(self) -> None:
-        """Flush and close the event files; a later run reopens them (SummaryWriter does so on its next write)."""
-        for writer in self.writers.values():
-            writer.flush()
-            writer.close()
+        """Flush and close the event file; a later run reopens it (SummaryWriter does so on its next write)."""
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -381,8 +424,7 @@ def _next_second_if_taken(logdir: str) -> None:
     """Wait for the next second when an event file of this second exists: TensorBoard reads a folder's files
     in name order, and the name holds whole seconds, then a per-process counter (".10" sorts before ".9")."""
     now = int(time.time())
-    names = [name for folder in (logdir, os.path.join(logdir, TRAIN), os.path.join(logdir, VAL))
-             if os.path.isdir(folder) for name in os.listdir(folder)]
+    names = os.listdir(logdir) if os.path.isdir(logdir) else []
     if any(name.startswith(f"events.out.tfevents.{now}.") for name in names):
         time.sleep(now + 1 - time.time())
 

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("specs", nargs="*", metavar="RECIPE", help="also list these files/modules")
     sub.add_parser("train", help="train a recipe: ember train RECIPE [flags]; RECIPE --help lists its flags",
                    add_help=False)
-    sub.add_parser("board", help="serve the runs with TensorBoard: ember board [LOGDIR] [--port N]", add_help=False)
+    sub.add_parser("board", help="serve the runs with TensorBoard: ember board [LOGDIR] [--host H] [--port N]",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "board":
         from ember.board import main as board

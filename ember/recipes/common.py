@@ -23,6 +23,7 @@ from ember.callbacks import TensorBoardLogger
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.graceful_stop import GracefulStop
+from ember.callbacks.tensorboard_logger import run_name
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
 from ember.recipes.flags import GLOBAL_BATCH
@@ -62,6 +63,10 @@ class RunContext:
         dist.init(backend="gloo" if args.device == "cpu" else None)
         dist.silence_non_main()
         self.device = select_device(args.device)
+        # What the run actually uses where a flag leaves it to ember (--device auto; the recipe's own choices
+        # made through trainer()), for the HParams table.
+        self.resolved: dict[str, Any] = {"device": str(self.device)}
+        self.given = dict(vars(args))  # the flags as given, before a recipe adjusts them (the run's name)
         if args.cuda_graph and self.device.type != "cuda":
             raise RecipeError(f"--cuda-graph captures the step on a CUDA GPU, but this run trains on "
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
@@ -119,6 +124,7 @@ class RunContext:
         kwargs.setdefault("cuda_graph", self.args.cuda_graph)
         kwargs.setdefault("channels_last", self.args.channels_last)
         kwargs.setdefault("compile", self.args.compile)
+        self.resolved.update({k: kwargs[k] for k in ("cuda_graph", "channels_last", "compile")})
         if self.args.tensorboard:
             loss_fn = self.correct = CorrectCounter(loss_fn)  # the training accuracy, counted on the device
         return create_trainer(model, optimizer, loss_fn, self.device, amp=self.args.amp, **kwargs)
@@ -177,7 +183,7 @@ class RunContext:
         args = self.args
         try:
             return TensorBoardLogger(args.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
-                                     graph=args.graph, model=model, hparams=self._hparams(),
+                                     graph=args.graph, model=model, hparams=self._hparams(), run_name=self._run_name(),
                                      output_transform=output_transform, correct=self.correct,
                                      class_names=self.classes)
         except OSError as exc:
@@ -185,9 +191,18 @@ class RunContext:
                               "with a folder that can be created and written, or --no-tensorboard") from None
 
     def _hparams(self) -> dict[str, Any]:
-        """Every flag that shapes the training (the recipe's own included), not those saying where to log."""
+        """Every flag that shapes the training (the recipe's own included), not those saying where to log, with
+        the values the run used (`device` is the device trained on, not `auto`)."""
         flags = {k: v for k, v in vars(self.args).items() if k not in NOT_HPARAMS}
+        flags.update((k, v) for k, v in self.resolved.items() if k in flags)
         return {"recipe": self.recipe.name, **{k: "none" if v is None else v for k, v in flags.items()}}
+
+    def _run_name(self) -> str:
+        """The run's name in the HParams table: the flags that differ from the recipe's defaults, its time."""
+        from ember.recipes.flags import build_parser
+
+        defaults = {k: v for k, v in vars(build_parser(self.recipe).parse_args([])).items() if k not in NOT_HPARAMS}
+        return run_name(self.args.run_id, self.recipe.name, self.given, defaults)
 
 
 # Flags about where things go and how a run is watched, not about the training itself.

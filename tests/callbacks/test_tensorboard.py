@@ -14,8 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ember.callbacks import Evaluate
 from ember.callbacks.correct_counter import CorrectCounter
-from ember.callbacks.eval_pictures import EvalPictures
-from ember.callbacks.tensorboard_logger import TensorBoardLogger
+from ember.callbacks.eval_pictures import (
+    CARD_WIDTH,
+    EvalPictures,
+    confusion_matrix_image,
+    misclassified_grid,
+)
+from ember.callbacks.tensorboard_logger import TensorBoardLogger, run_name
 from ember.engine import Engine, Events, order
 from ember.steps import create_evaluator, create_trainer
 
@@ -62,32 +67,57 @@ def hparams_plugin_tags(acc: EventAccumulator) -> set[str]:
         return set()
 
 
-def test_layout_train_and_val_runs_per_epoch_root_per_iteration_and_hparams(tmp_path: Path) -> None:
+def test_layout_one_run_per_training_run_epoch_and_iteration_groups_and_hparams(tmp_path: Path) -> None:
     trainer, _, data = make_trainer()
     losses = record_losses(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, set_metrics)
-    logger = trainer.add(TensorBoardLogger(tmp_path, log_every=3, hparams={"lr": 0.05, "opt": "sgd", "b": (1, 2)}))
+    logger = trainer.add(TensorBoardLogger(tmp_path, log_every=3, hparams={"lr": 0.05, "opt": "sgd", "b": (1, 2)},
+                                           run_name="lr=0.05 · 12-07 02:52:48 · tiny"))
     trainer.run(data, max_epochs=2)
 
-    root, train, val = accumulate(tmp_path), accumulate(tmp_path / "train"), accumulate(tmp_path / "val")
-    loss = steps_values(root, "iteration/loss")
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [], "one TensorBoard run: no sub-folders"
+    run = accumulate(tmp_path)
+    loss = steps_values(run, "iteration/loss")
     assert [s for s, _ in loss] == [3, 6, 9, 12, 15]
     assert [v for _, v in loss] == pytest.approx([losses[s] for s in (3, 6, 9, 12, 15)], rel=1e-6)
-    assert steps_values(root, "iteration/lr") == [(s, pytest.approx(0.05)) for s in (3, 6, 9, 12, 15)]
-    assert all(v > 0 for _, v in steps_values(root, "iteration/grad_norm"))
+    assert steps_values(run, "iteration/lr") == [(s, pytest.approx(0.05)) for s in (3, 6, 9, 12, 15)]
+    assert all(v > 0 for _, v in steps_values(run, "iteration/grad_norm"))
     means = [sum(losses[i] for i in range(1 + 8 * e, 9 + 8 * e)) / 8 for e in range(2)]
-    assert [v for _, v in steps_values(train, "epoch/loss")] == pytest.approx(means, rel=1e-6)
-    assert [s for s, _ in steps_values(train, "epoch/time_s")] == [1, 2]
-    assert [s for s, _ in steps_values(train, "epoch/samples_per_s")] == [1, 2]
-    assert steps_values(train, "epoch/extra") == [(1, 2.0), (2, 3.0)]
-    assert steps_values(val, "epoch/accuracy") == [(1, 0.25), (2, 0.5)]
-    assert steps_values(val, "epoch/loss") == [(1, 2.0), (2, 1.0)]
-    assert steps_values(val, "running_best/loss") == [(1, 2.0), (2, 1.0)]
-    assert steps_values(val, "running_best/accuracy")[-1] == (2, 0.5)
-    assert not any("confusion" in tag or tag.startswith("hparam") for acc in (root, train, val)
-                   for tag in acc.Tags()["scalars"])
-    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams_plugin_tags(val)
+    # every chart's x is the iteration: an epoch's point sits at its last iteration (8, 16)
+    assert [v for _, v in steps_values(run, "epoch/loss/train")] == pytest.approx(means, rel=1e-6)
+    assert [s for s, _ in steps_values(run, "epoch/loss/train")] == [8, 16]
+    assert [s for s, _ in steps_values(run, "epoch/time_s")] == [8, 16]
+    assert [s for s, _ in steps_values(run, "epoch/samples_per_s")] == [8, 16]
+    assert steps_values(run, "epoch/extra/train") == [(8, 2.0), (16, 3.0)]
+    assert steps_values(run, "epoch/accuracy/val") == [(8, 0.25), (16, 0.5)]
+    assert steps_values(run, "epoch/loss/val") == [(8, 2.0), (16, 1.0)]
+    assert steps_values(run, "val_best/loss") == [(8, 2.0), (16, 1.0)]
+    assert steps_values(run, "val_best/accuracy")[-1] == (16, 0.5)
+    tags = run.Tags()["scalars"]
+    assert not any("confusion" in tag or tag.startswith("hparam") for tag in tags)
+    # TensorBoard's Time Series opens the first two groups in name order: the epoch and iteration charts
+    assert sorted({tag.split("/")[0] for tag in tags})[:2] == ["epoch", "iteration"]
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams_plugin_tags(run)
+    assert session_start(run).group_name == "lr=0.05 · 12-07 02:52:48 · tiny"
     assert logger.writer is not None and logger.writer.file_writer is None  # closed at COMPLETED
+
+
+def session_start(acc: EventAccumulator):  # noqa: ANN201 - a protobuf message
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+
+
+def test_run_name_puts_the_changed_flags_and_the_time_first() -> None:
+    defaults = {"lr": 1e-3, "epochs": 10, "amp": None, "channels_last": False, "fp32": False, "device": "auto"}
+    flags = {**defaults, "lr": 0.05, "channels_last": True, "device": "auto", "logdir": "x"}
+    assert run_name("20261207-025248", "fashion-mnist-mlp", flags, defaults) == \
+        "lr=0.05 channels-last · 12-07 02:52:48 · fashion-mnist-mlp"
+    assert run_name("20261207-025248-2", "fashion-mnist-mlp", defaults, defaults) == \
+        "12-07 02:52:48-2 · fashion-mnist-mlp", "the suffix of a second run in the same second is kept"
+    assert run_name("mine", "r", {"fp32": True, "images": False}, {"fp32": False, "images": True}) == \
+        "fp32 no-images · mine · r"
 
 
 def test_training_accuracy_from_a_correct_counter_and_pictures_from_the_evaluation(tmp_path: Path) -> None:
@@ -110,8 +140,8 @@ def test_training_accuracy_from_a_correct_counter_and_pictures_from_the_evaluati
     trainer.add(TensorBoardLogger(tmp_path, log_every=0, class_names=["ant", "bee", "cat"], correct=counter))
     trainer.run(data, max_epochs=2)
 
-    train, val = accumulate(tmp_path / "train"), accumulate(tmp_path / "val")
-    assert [v for _, v in steps_values(train, "epoch/accuracy")] == pytest.approx([sum(hits[:5]) / 40,
+    run = accumulate(tmp_path)
+    assert [v for _, v in steps_values(run, "epoch/accuracy/train")] == pytest.approx([sum(hits[:5]) / 40,
                                                                                   sum(hits[5:]) / 40])
     x, y = torch.cat([b[0] for b in data[:2]]), torch.cat([b[1] for b in data[:2]])
     with torch.no_grad():
@@ -125,8 +155,8 @@ def test_training_accuracy_from_a_correct_counter_and_pictures_from_the_evaluati
     assert len(first) > 0
     assert torch.equal(wrong["true"], y[first]) and torch.equal(wrong["predicted"], predicted[first])
     assert torch.allclose(wrong["images"], x[first])
-    assert {"images/confusion_matrix", "images/misclassified"} <= set(val.Tags()["images"])
-    assert [i.step for i in val.Images("images/confusion_matrix")] == [1, 2]
+    assert {"pictures/confusion_matrix", "pictures/misclassified"} <= set(run.Tags()["images"])
+    assert [i.step for i in run.Images("pictures/confusion_matrix")] == [5, 10]
 
 
 def test_resumed_logger_continues_the_epoch_and_purges_later_steps(tmp_path: Path) -> None:
@@ -154,14 +184,14 @@ def test_resumed_logger_continues_the_epoch_and_purges_later_steps(tmp_path: Pat
     logger.load_state_dict(saved["logger"])
     resumed.run(data, max_epochs=3)
 
-    root, train = accumulate(tmp_path), accumulate(tmp_path / "train")
-    assert [s for s, _ in steps_values(root, "iteration/loss")] == list(range(1, 25)), "no step twice"
-    assert [s for s, _ in steps_values(train, "epoch/loss")] == [1, 2, 3]
-    assert steps_values(train, "epoch/time_s")[1][1] > saved["logger"]["epoch"]["elapsed_s"]
+    run = accumulate(tmp_path)
+    assert [s for s, _ in steps_values(run, "iteration/loss")] == list(range(1, 25)), "no step twice"
+    assert [s for s, _ in steps_values(run, "epoch/loss/train")] == [8, 16, 24]
+    assert steps_values(run, "epoch/time_s")[1][1] > saved["logger"]["epoch"]["elapsed_s"]
     reference, model3, _ = make_trainer(seed=2)  # the same three epochs without an interruption
     losses = record_losses(reference)
     reference.run(data, max_epochs=3)
-    assert steps_values(train, "epoch/loss")[1][1] == pytest.approx(sum(losses[i] for i in range(9, 17)) / 8,
+    assert steps_values(run, "epoch/loss/train")[1][1] == pytest.approx(sum(losses[i] for i in range(9, 17)) / 8,
                                                                     rel=1e-5)
 
 
@@ -184,12 +214,12 @@ def test_histograms_of_weights_and_gradients(tmp_path: Path) -> None:
     trainer, model, data = make_trainer()
     trainer.add(TensorBoardLogger(tmp_path, log_every=0, histograms_every=1, model=model))
     trainer.run(data, max_epochs=2)
-    acc = accumulate(tmp_path / "train")
-    wanted = {"weights/weight", "weights/bias", "grads/weight", "grads/bias"}
+    acc = accumulate(tmp_path)
+    wanted = {"weights/weight", "weights/bias", "weights/weight/grad", "weights/bias/grad"}
     assert wanted <= set(acc.Tags()["histograms"])
-    assert "iteration/loss" not in accumulate(tmp_path).Tags()["scalars"]
+    assert "iteration/loss" not in acc.Tags()["scalars"]
     weight = acc.Histograms("weights/weight")
-    assert [h.step for h in weight] == [1, 2]
+    assert [h.step for h in weight] == [8, 16]
     assert weight[-1].histogram_value.num == model.weight.numel()
     assert weight[-1].histogram_value.max == pytest.approx(model.weight.max().item(), rel=1e-6)
 
@@ -217,3 +247,15 @@ def test_only_rank_zero_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     engine.run(range(3))
     assert logger.writer is None
     assert not (tmp_path / "rank1").exists()
+
+
+def test_pictures_fit_a_time_series_card_at_their_own_size() -> None:
+    """A card of TensorBoard's Time Series page is at least 335 px wide: a wider picture is shrunk, and its
+    numbers become unreadable. FashionMNIST's ten classes, with the longest name, and four-digit counts."""
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+    counts = torch.full((10, 10), 12) + torch.diag(torch.full((10,), 988))
+    assert confusion_matrix_image(counts, classes).shape[1] <= CARD_WIDTH
+    wrong = misclassified_grid(torch.rand(24, 1, 28, 28), torch.zeros(24, dtype=torch.long),
+                               torch.ones(24, dtype=torch.long), classes)
+    assert wrong.shape[1] <= CARD_WIDTH

@@ -105,9 +105,8 @@ def served(tmp_path_factory) -> dict[str, Any]:
                    "--logdir", str(runs / PLATEAU), "--checkpoint-dir", str(base / "ckpt-plateau"),
                    "--checkpoint-every", "3", "--keep-last", "9"]
         train(*plateau, "--max-iterations", "9")
-        found["interrupted"] = read_events(runs / PLATEAU / "train")
-        found["interrupted"]["root"] = read_events(runs / PLATEAU)
-        found["interrupted_hparams"] = hparams_tags(runs / PLATEAU / "val")
+        found["interrupted"] = read_events(runs / PLATEAU)
+        found["interrupted_hparams"] = hparams_tags(runs / PLATEAU)
         for path in (base / "ckpt-plateau").glob("checkpoint_*.pt"):
             if int(re.findall(r"\d+", path.name)[-1]) > 6:
                 path.unlink()  # as if killed after iteration 9 with the checkpoint of iteration 6 the newest
@@ -122,13 +121,14 @@ def served(tmp_path_factory) -> dict[str, Any]:
     board = Board(port)
     try:
         found["url_line"] = server.stdout.readline()  # type: ignore[union-attr]
+        found["hint_line"] = server.stdout.readline()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
                 pytest.fail(f"ember board exited early: {server.stderr.read()[-2000:]}")  # type: ignore[union-attr]
             try:
                 tags = board.get("scalars/tags")
-                if {f"{SPEED}/val", f"{PLATEAU}/val", SPEED, PLATEAU} <= set(tags):
+                if {SPEED, PLATEAU} <= set(tags):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -166,6 +166,8 @@ def hparams_tags(folder: Path) -> set[str]:
 
 def test_ember_board_prints_its_url_and_refuses_a_taken_port(served):
     assert served["url_line"].strip().endswith(f"at http://127.0.0.1:{served['port']}/ (Ctrl-C to stop)")
+    port = served["port"]
+    assert f"ssh -L {port}:127.0.0.1:{port} " in served["hint_line"], "how to reach it from another machine"
     taken = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"]), "--port",
                             str(served["port"])], capture_output=True, text=True, timeout=60)
     assert taken.returncode == 1 and taken.stdout == ""
@@ -176,15 +178,26 @@ def test_ember_board_prints_its_url_and_refuses_a_taken_port(served):
     assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1 and "is not a folder" in missing.stderr
 
 
-def test_train_and_val_share_the_loss_and_accuracy_charts(served):
+def test_one_entry_per_run_with_train_and_val_charts_side_by_side(served):
     board = served["board"]
     tags = board.get("scalars/tags")
+    assert set(tags) == {SPEED, PLATEAU}, "one TensorBoard run per training run"
+    assert set(board.get("images/tags")) <= {SPEED, PLATEAU} and set(board.get("histograms/tags")) <= {SPEED}
     for tag in ("epoch/loss", "epoch/accuracy"):
-        train, val = board.scalars(f"{SPEED}/train", tag), board.scalars(f"{SPEED}/val", tag)
-        assert [s for s, _ in train] == [s for s, _ in val] == [1, 2]
-        assert tag in tags[f"{SPEED}/train"] and tag in tags[f"{SPEED}/val"]
-    assert all(0 <= v <= 1 for _, v in board.scalars(f"{SPEED}/val", "epoch/accuracy"))
+        train, val = board.scalars(SPEED, f"{tag}/train"), board.scalars(SPEED, f"{tag}/val")
+        assert [s for s, _ in train] == [s for s, _ in val] == [ITERS, 2 * ITERS], "at each epoch's last iteration"
+    assert all(0 <= v <= 1 for _, v in board.scalars(SPEED, "epoch/accuracy/val"))
     assert not [t for run in tags.values() for t in run if t.startswith("hparam")], "hparams are not charts"
+
+
+def test_time_series_opens_on_the_epoch_and_iteration_groups(served):
+    """TensorBoard's Time Series page expands the first two tag groups (a tag's part before its first "/",
+    groups in name order, every plugin's tags together): those must be the epoch and iteration charts."""
+    board = served["board"]
+    tags = {tag for route in ("scalars/tags", "images/tags", "histograms/tags")
+            for run in board.get(route).values() for tag in run}
+    groups = sorted({tag.split("/")[0] for tag in tags})
+    assert groups[:2] == ["epoch", "iteration"] and {"pictures", "val_best", "weights"} <= set(groups[2:]), groups
 
 
 def test_learning_rate_at_every_logged_iteration_follows_one_cycle(served):
@@ -206,8 +219,8 @@ def test_learning_rate_at_every_logged_iteration_follows_one_cycle(served):
 def test_throughput_epoch_time_and_gradient_norm(served):
     board = served["board"]
     for tag in ("epoch/samples_per_s", "epoch/time_s"):
-        values = board.scalars(f"{SPEED}/train", tag)
-        assert [s for s, _ in values] == [1, 2] and all(v > 0 for _, v in values), (tag, values)
+        values = board.scalars(SPEED, tag)
+        assert [s for s, _ in values] == [ITERS, 2 * ITERS] and all(v > 0 for _, v in values), (tag, values)
     norms = board.scalars(SPEED, "iteration/grad_norm")
     assert [s for s, _ in norms] == list(range(2, 2 * ITERS + 1, 2)) and all(v > 0 for _, v in norms)
     losses = board.scalars(SPEED, "iteration/loss")
@@ -218,7 +231,8 @@ def session_groups(board: Board) -> dict[str, Any]:
     body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
                                                       "STATUS_RUNNING"],
             "colParams": [], "startIndex": 0, "sliceSize": 100}
-    return {group["name"]: group for group in board.post("hparams/session_groups", body)["sessionGroups"]}
+    groups = board.post("hparams/session_groups", body)["sessionGroups"]
+    return {session["name"]: group for group in groups for session in group["sessions"]}
 
 
 def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served):
@@ -228,26 +242,35 @@ def test_hparams_hold_every_flag_and_the_final_and_best_validation_values(served
     assert {"recipe", "epochs", "batch_size", "lr", "seed", "label_smoothing", "weight_decay", "scheduler"} <= names
     assert not names & {"logdir", "checkpoint_dir", "resume", "progress"}
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert metrics == {"epoch/accuracy", "running_best/accuracy", "epoch/loss", "running_best/loss"}, "val values"
+    assert {"epoch/accuracy/val", "val_best/accuracy", "epoch/loss/val", "val_best/loss"} <= metrics
     groups = session_groups(board)
-    speed = groups[f"{SPEED}/val"]
+    speed = groups[SPEED]
     assert speed["hparams"]["label_smoothing"] == pytest.approx(0.1) and speed["hparams"]["epochs"] == 2
+    assert speed["hparams"]["device"] == "cpu", "the device used, not --device auto"
+    assert speed["hparams"]["channels_last"] == 1, "the speed run always trains channels-last (TensorBoard: 1.0)"
     values = {m["name"]["tag"]: m["value"] for m in speed["metricValues"]}
-    accuracy = [v for _, v in board.scalars(f"{SPEED}/val", "epoch/accuracy")]
-    loss = [v for _, v in board.scalars(f"{SPEED}/val", "epoch/loss")]
-    assert values["epoch/accuracy"] == pytest.approx(accuracy[-1])
-    assert values["running_best/accuracy"] == pytest.approx(max(accuracy))
-    assert values["running_best/loss"] == pytest.approx(min(loss))
-    assert groups[f"{PLATEAU}/val"]["hparams"]["scheduler"] == "plateau"
+    accuracy = [v for _, v in board.scalars(SPEED, "epoch/accuracy/val")]
+    loss = [v for _, v in board.scalars(SPEED, "epoch/loss/val")]
+    assert values["epoch/accuracy/val"] == pytest.approx(accuracy[-1])
+    assert values["val_best/accuracy"] == pytest.approx(max(accuracy))
+    assert values["val_best/loss"] == pytest.approx(min(loss))
+    assert groups[PLATEAU]["hparams"]["scheduler"] == "plateau"
+
+
+def test_hparams_list_each_run_under_a_short_name_of_its_changed_flags(served):
+    names = {run: group["name"] for run, group in session_groups(served["board"]).items()}
+    # the flags given that differ from the defaults (--device cpu from train(); the folders are not hparams)
+    assert names[SPEED] == "epochs=2 batch-size=32 device=cpu · ckpt-speed · fashion-mnist-speedrun"
+    assert names[PLATEAU] == "epochs=2 device=cpu · ckpt-plateau · mnist-mlp-plateau", "32 is its default batch"
 
 
 def test_confusion_matrix_and_misclassified_images_per_evaluation(served):
     board = served["board"]
-    tags = board.get("images/tags")[f"{SPEED}/val"]
-    assert {"images/confusion_matrix", "images/misclassified"} <= set(tags)
-    for tag in ("images/confusion_matrix", "images/misclassified"):
-        entries = board.get("images/images", run=f"{SPEED}/val", tag=tag)
-        assert [e["step"] for e in entries] == [1, 2]
+    tags = board.get("images/tags")[SPEED]
+    assert {"pictures/confusion_matrix", "pictures/misclassified"} <= set(tags)
+    for tag in ("pictures/confusion_matrix", "pictures/misclassified"):
+        entries = board.get("images/images", run=SPEED, tag=tag)
+        assert [e["step"] for e in entries] == [ITERS, 2 * ITERS]
         png = board.get("images/individualImage", **dict(urllib.parse.parse_qsl(entries[-1]["query"])))
         picture = Image.open(io.BytesIO(png))
         assert picture.format == "PNG" and picture.width > 200 and picture.height > 40
@@ -256,38 +279,38 @@ def test_confusion_matrix_and_misclassified_images_per_evaluation(served):
 def test_histograms_and_graph_behind_their_flags(served):
     board = served["board"]
     histograms = board.get("histograms/tags")
-    assert {"weights/features.0.weight", "grads/features.0.weight"} <= set(histograms[f"{SPEED}/train"])
-    assert PLATEAU not in histograms and f"{PLATEAU}/train" not in histograms, "off by default"
+    assert {"weights/features.0.weight", "weights/features.0.weight/grad"} <= set(histograms[SPEED])
+    assert PLATEAU not in histograms, "off by default"
     graphs = board.get("graphs/info")
     assert graphs[SPEED]["run_graph"] and PLATEAU not in graphs
 
 
 def test_resumed_run_continues_the_same_run_without_duplicate_steps(served):
     board, interrupted = served["board"], served["interrupted"]
-    assert [s for s, _ in interrupted["epoch/loss"]] == [1], "the interrupted run had logged epoch 1"
+    assert [s for s, _ in interrupted["epoch/loss/train"]] == [ITERS], "the interrupted run had logged epoch 1"
     assert served["interrupted_hparams"] == set(), "a run stopped to be resumed writes no hparams"
-    assert [s for s, _ in interrupted["root"]["iteration/loss"]] == [2, 4, 6, 8]
+    assert [s for s, _ in interrupted["iteration/loss"]] == [2, 4, 6, 8]
     resumed_steps = [2, 4, 6, 9, 12, 15]  # from the checkpoint at 6, every 3
-    for run, tag, steps in [(PLATEAU, "iteration/loss", resumed_steps), (PLATEAU, "iteration/lr", resumed_steps),
-                            (f"{PLATEAU}/train", "epoch/loss", [1, 2]), (f"{PLATEAU}/val", "epoch/loss", [1, 2]),
-                            (f"{PLATEAU}/train", "epoch/time_s", [1, 2])]:
-        assert [s for s, _ in board.scalars(run, tag)] == steps, (run, tag)
+    epochs = [ITERS, 2 * ITERS]
+    for tag, steps in [("iteration/loss", resumed_steps), ("iteration/lr", resumed_steps),
+                       ("epoch/loss/train", epochs), ("epoch/loss/val", epochs), ("epoch/time_s", epochs)]:
+        assert [s for s, _ in board.scalars(PLATEAU, tag)] == steps, tag
     # epoch 1 was resumed at iteration 6: its figures still cover all 8 of its iterations
     epoch1 = served["saved_state"]["epoch"]
     assert epoch1["epoch"] == 1 and epoch1["steps"] == 6
-    train_loss = board.scalars(f"{PLATEAU}/train", "epoch/loss")
-    assert train_loss[0][1] == pytest.approx(interrupted["epoch/loss"][0][1], rel=1e-5)
-    assert board.scalars(f"{PLATEAU}/train", "epoch/time_s")[0][1] > epoch1["elapsed_s"]
-    assert session_groups(board)[f"{PLATEAU}/val"]["hparams"]["epochs"] == 2
+    train_loss = board.scalars(PLATEAU, "epoch/loss/train")
+    assert train_loss[0][1] == pytest.approx(interrupted["epoch/loss/train"][0][1], rel=1e-5)
+    assert board.scalars(PLATEAU, "epoch/time_s")[0][1] > epoch1["elapsed_s"]
+    assert session_groups(board)[PLATEAU]["hparams"]["epochs"] == 2
 
 
 def test_seed002_prints_its_scaled_losses_and_tensorboard_has_the_means(served):
     board, printed = served["board"], served["printed"]
     lines = re.findall(r"Epoch (\d)\t Training Loss: (\S+)\t Validation Loss:(\S+)\t", printed)
     assert [int(e) for e, _, _ in lines] == [0, 1]
-    val = board.scalars(f"{PLATEAU}/val", "epoch/loss")
+    val = board.scalars(PLATEAU, "epoch/loss/val")
     # the seed's figure: sum of batch loss * batch size over the 4 test batches, / 4 = 32 x the mean
     assert [v for _, v in val] == pytest.approx([float(v) * 4 / 128 for _, _, v in lines], rel=1e-5)
-    train_loss = board.scalars(f"{PLATEAU}/train", "epoch/loss")
+    train_loss = board.scalars(PLATEAU, "epoch/loss/train")
     assert train_loss[1][1] == pytest.approx(float(lines[1][1]) / 32, rel=1e-5)  # epoch 2 ran whole after resume
     assert all(v < 3 for _, v in val + train_loss)

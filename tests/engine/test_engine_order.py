@@ -143,6 +143,15 @@ def test_checkpoint_attached_first_still_saves_the_counter_early_stopping_just_u
     assert saved["objects"]["handlers"]["EarlyStopping"]["counter"] == 1
 
 
+def test_describe_returns_the_plan_and_prints_nothing(capsys):
+    """The docs say `print(trainer.describe())`: describe() gives the text, the caller prints it."""
+    trainer = Engine(lambda e, b: b)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(every=2), print)
+    plan = trainer.describe()
+    assert isinstance(plan, str) and plan.splitlines() == ["EPOCH_COMPLETED", "       0  print  [every=2]"]
+    assert capsys.readouterr() == ("", "")
+
+
 def test_plan_lists_each_event_in_running_order_with_filters_and_orders(tmp_path):
     trainer = Engine(lambda e, b: torch.tensor(0.0))
     trainer.add(Checkpoint({"trainer": trainer}, tmp_path, every_iterations=100))
