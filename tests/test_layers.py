@@ -2,8 +2,8 @@
 
 Layers (docs/changelog.md, README "Working on ember"): utils and distributed at the bottom, then the engine,
 then steps / data / checkpoint, then callbacks, then run / board / recipes and the package itself. Every
-import that runs counts, at module level or inside a function (not those under `if TYPE_CHECKING:`), except
-the two deprecation shims that keep old import paths working.
+import that runs counts, at module level or inside a function (not those under `if TYPE_CHECKING:`), with no
+exceptions.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ LAYERS = {
     "ember.callbacks": 3,
     "ember.run": 4, "ember.board": 4, "ember.recipes": 4, "ember.__main__": 4, "ember": 4,
 }
-# module-level __getattr__ shims that import the new home of a moved name, with a DeprecationWarning
-DEPRECATION_SHIMS = {("ember.engine", "ember.steps"), ("ember.callbacks", "ember.recipes.formats")}
 
 
 def module_name(path: Path) -> str:
@@ -72,8 +70,7 @@ def test_every_module_imports_only_its_own_layer_or_lower() -> None:
     upward = []
     for module, imports in graph().items():
         for target in imports:
-            shim = any(module == m and (target == t or target.startswith(t + ".")) for m, t in DEPRECATION_SHIMS)
-            if layer_of(target) > layer_of(module) and not shim:
+            if layer_of(target) > layer_of(module):
                 upward.append(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})")
     assert not upward, "imports up the layers:\n" + "\n".join(upward)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from ember.callbacks.checkpoint import Checkpoint, CheckpointError, CorruptCheckpointError
 from ember.callbacks.early_stopping import EarlyStopping
 from ember.callbacks.evaluate import EvalEvents, Evaluate
@@ -33,19 +30,3 @@ __all__ = [
     "ThroughputMonitor",
     "Timer",
 ]
-
-_MOVED_TO_RECIPES = frozenset({"SEED000_FMT", "SEED001_FMT", "SEED003_FMT", "SEED000_EVAL_FMT"})
-
-
-def __getattr__(name: str) -> Any:
-    """The seeds' output templates, which moved to `ember.recipes.formats`: still found here, with a warning."""
-    if name in _MOVED_TO_RECIPES:
-        warnings.warn(
-            f"ember.callbacks.{name} moved: use `from ember.recipes.formats import {name}`",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from ember.recipes import formats  # recipes are a layer above: imported only for this old path
-
-        return getattr(formats, name)
-    raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")

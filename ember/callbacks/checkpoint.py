@@ -34,11 +34,11 @@ from ember.checkpoint.format import (
     listed,
     make_payload,
 )
-from ember.checkpoint.handler_states import HandlerStates
+from ember.checkpoint.handler_states import implicit_objects
 from ember.engine import Engine, Events, exception_observer
 from ember.engine import order as order_levels
 from ember.utils import checks
-from ember.utils.atomic import TMP_PREFIX
+from ember.utils.atomic import TMP_PREFIX, remove_stale_temp_files
 from ember.utils.rng import get_rng_state
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TMP_PREFIX", "Checkpoint", "CheckpointError", "CorruptCheckpointError"]
@@ -169,14 +169,10 @@ class Checkpoint:
             self.objects["trainer"] = engine
         if dist.is_main():
             self.folder.make()
-            self.folder.remove_stray_temp_files()
+            remove_stale_temp_files(self.dirname)
             if engine.state.iteration and not self.folder.adopted:  # resumed: files a kill kept from eviction
                 self.folder.tidy(engine.state.iteration)
-        scaler = getattr(engine, "scaler", None)
-        if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in self.objects.values()):
-            self.objects["scaler" if "scaler" not in self.objects else "trainer_scaler"] = scaler
-        if self.save_handlers and "handlers" not in self.objects:
-            self.objects["handlers"] = HandlerStates(engine, exclude=list(self.objects.values()))
+        self.objects.update(implicit_objects(engine, self.objects, handlers=self.save_handlers))
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_end_began)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_end)

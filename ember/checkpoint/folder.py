@@ -15,7 +15,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +26,10 @@ from ember.checkpoint import sharded
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, RecordingFile, listed, read
 from ember.checkpoint.safety import probe
 from ember.utils.atomic import TMP_PREFIX, atomically, link_atomic
-from ember.utils.files import disk_full, pid_alive
+from ember.utils.files import disk_full
 
 _REGULAR_RE = re.compile(r"^(?P<prefix>.+)_(?P<step>\d{9,})\.(?:pt|dcp)$")
 _BEST_RE = re.compile(r"^best_(?P<prefix>.+)_(?P<step>\d{9,})_score=(?P<score>.+)\.(?:pt|dcp)$")
-_TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 
 
 def skipping(path: str, exc: BaseException | str, then: str = "") -> str:
@@ -88,11 +86,13 @@ def scan(dirname: str, prefix: str | None) -> tuple[list[tuple[int, str]], list[
     return regular, best
 
 
-def candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
+def candidates(
+    dirname: str, prefix: str | None, peeked: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], list[str]]:
     """Checkpoints in `dirname` whose metadata reads, newest first by the step recorded inside each file (a
     regular file before a best one of the same step), and the problems of the others, each skipped with a
     warning (for the caller's caller) that names the file. The tensors' checksums are checked when a file is
-    loaded or picked."""
+    loaded or picked. `peeked`, when given, receives each readable file's metadata (`read_any(path, peek=True)`)."""
     regular, best = scan(dirname, prefix)
     found: list[tuple[int, bool, float, str]] = []
     problems: list[str] = []
@@ -100,6 +100,8 @@ def candidates(dirname: str, prefix: str | None) -> tuple[list[str], list[str]]:
         for _, path in files:
             try:
                 payload = read_any(path, peek=True)
+                if peeked is not None:
+                    peeked[path] = payload
                 found.append((int(payload["step"]), is_regular, os.path.getmtime(path), path))
                 continue
             except CheckpointError as exc:
@@ -178,22 +180,6 @@ class CheckpointFolder:
                 f"cannot use {self.dirname} as the checkpoint folder: {why}; choose a folder that can be created "
                 "and written"
             ) from None
-
-    def remove_stray_temp_files(self) -> None:
-        """Delete the temp files of processes that no longer run (killed while saving), and this process's."""
-        for name in os.listdir(self.dirname):
-            match = _TMP_RE.match(name)
-            if match is None:
-                continue
-            pid = int(match.group("pid"))
-            if pid != os.getpid() and pid_alive(pid):
-                continue  # another live process may be writing it right now
-            path = os.path.join(self.dirname, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)  # a sharded checkpoint's folder, never committed
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
     def qualifies(self, score: float | None) -> bool:
         """Whether a file with `score` belongs among the best `keep_best` (a NaN/Inf or missing score never does)."""

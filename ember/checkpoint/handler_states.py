@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import nn, optim
 
 from ember.engine import Engine, Events
-from ember.engine.order import FIRST
+from ember.engine.order import FIRST, unwrap
 
 
 def registered_handlers(engine: Any) -> Iterator[Any]:
-    """Every handler callable attached to `engine` (ember's or Ignite's), in event order then attachment order.
-
-    Ignite wraps a handler attached to a filtered event in a function holding a weak reference to it
-    (`_parent`); the handler itself is yielded.
-    """
+    """Every handler callable attached to `engine` (ember's or Ignite's), in event order then attachment order;
+    a handler attached to a filtered event is yielded itself, not its wrapper (`unwrap`)."""
     for entries in list(engine._event_handlers.values()):
         for fn, *_ in list(entries):
-            parent = getattr(fn, "_parent", None)
-            yield parent() if callable(parent) else fn
+            yield unwrap(fn)[0]
 
 
 def _owner(fn: Any) -> Any:
@@ -108,3 +105,25 @@ class HandlerStates:
         if gone:
             warnings.warn(f"handler states in the checkpoint but no such handler attached, ignored: {', '.join(gone)}",
                           RuntimeWarning, stacklevel=2)
+
+
+def implicit_objects(engine: Engine | None, objects: Mapping[str, Any], *, saved: Container[str] | None = None,
+                     handlers: bool = True) -> dict[str, Any]:
+    """The objects a checkpoint of `engine` holds without their being named in `objects`: the one rule, for
+    saving and loading alike.
+
+    They are the engine's fp16 GradScaler (`engine.scaler`) as "scaler" ("trainer_scaler" when that name is
+    taken) and, with `handlers`, the state of its stateful handlers as "handlers" (`HandlerStates`). A save
+    (`saved=None`) takes every one that applies; a load only those the file holds (`saved`: its names).
+    """
+    extra: dict[str, Any] = {}
+    if engine is None:
+        return extra
+    scaler = getattr(engine, "scaler", None)
+    if isinstance(scaler, torch.amp.GradScaler) and not any(obj is scaler for obj in objects.values()):
+        name = "scaler" if "scaler" not in objects else "trainer_scaler"
+        if saved is None or name in saved:
+            extra[name] = scaler
+    if handlers and "handlers" not in objects and (saved is None or "handlers" in saved):
+        extra["handlers"] = HandlerStates(engine, exclude=[*objects.values(), *extra.values()])
+    return extra

@@ -23,7 +23,7 @@ from ember.checkpoint import sharded
 from ember.checkpoint.finite import float_tensors, non_finite, stored, tensors
 from ember.checkpoint.folder import candidates, skipping
 from ember.checkpoint.format import CheckpointError, CorruptCheckpointError, is_count, listed, read
-from ember.checkpoint.handler_states import HandlerStates
+from ember.checkpoint.handler_states import implicit_objects
 from ember.engine import Engine
 from ember.utils.rng import rng_state_problem, set_rng_state
 
@@ -48,7 +48,8 @@ def load(
         return _load_folder(path, objects, strict, restore_rng)
     payload = read(path)
     saved = payload["objects"]
-    objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    objects = {**objects, **implicit_objects(engine, objects, saved=saved)}
     states = _checked_states(path, objects, saved, strict)
     bad = _unusable(path, payload, objects, states, restore_rng)
     if bad:
@@ -70,7 +71,8 @@ def _load_folder(path: str, objects: Mapping[str, Any], strict: bool, restore_rn
     payload = sharded.read_manifest(path)
     sharded.verify_files(path, payload)
     saved = payload["objects"]
-    objects = _with_engine_handlers(_with_engine_scalers(objects, saved), saved)
+    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
+    objects = {**objects, **implicit_objects(engine, objects, saved=saved)}
     in_dcp = [name for name in sharded.sharded_names(objects) if name not in saved]
     plain = {name: obj for name, obj in objects.items() if name not in in_dcp}
     problem = None
@@ -111,11 +113,19 @@ def resume_latest(
     """
     dirname = os.fspath(dirname)
     paths, problems = candidates(dirname, prefix)
+    return resume_from(dirname, paths, problems, objects, strict=strict)
+
+
+def resume_from(
+    dirname: str, paths: list[str], problems: list[str], objects: Mapping[str, Any], *, strict: bool = True
+) -> str | None:
+    """`resume_latest` over files already found: load the first of `paths` that can be resumed from, falling
+    back past unusable ones; `problems` (of files skipped earlier) are listed if none can be."""
     for path in paths:
         try:
             load(path, objects, strict=strict)
         except CheckpointError as exc:
-            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=2)
+            warnings.warn(skipping(path, exc, "; trying the previous checkpoint"), RuntimeWarning, stacklevel=3)
             problems.append(str(exc))
             continue
         return path
@@ -261,28 +271,6 @@ def _load_one(obj: Any, state: Any, strict: bool) -> None:
         _load_optimizer(obj, state)
     else:
         obj.load_state_dict(state)
-
-
-def _with_engine_scalers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`objects` plus the GradScaler of an engine among them, under the name `attach` saved it as, if saved."""
-    extra: dict[str, Any] = {}
-    for obj in objects.values():
-        scaler = getattr(obj, "scaler", None) if isinstance(obj, Engine) else None
-        if isinstance(scaler, torch.amp.GradScaler) and not any(o is scaler for o in objects.values()):
-            name = "scaler" if "scaler" not in objects else "trainer_scaler"
-            if name in saved:
-                extra[name] = scaler
-    return {**objects, **extra} if extra else objects
-
-
-def _with_engine_handlers(objects: Mapping[str, Any], saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`objects` plus a HandlerStates of the engine among them, when the file holds handler states."""
-    if "handlers" not in saved or "handlers" in objects:
-        return objects
-    engine = next((obj for obj in objects.values() if isinstance(obj, Engine)), None)
-    if engine is None:
-        return objects
-    return {**objects, "handlers": HandlerStates(engine, exclude=list(objects.values()))}
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, Any], own_keys: set[str]) -> Mapping[str, Any]:

@@ -17,18 +17,15 @@ import gzip
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from ember.utils.atomic import symlink_atomic, write_atomic
-from ember.utils.files import pid_alive
+from ember.utils.atomic import remove_stale_temp_files, symlink_atomic, write_atomic
 
 if TYPE_CHECKING:  # torchvision is imported where a dataset is loaded: it costs most of a second
     from torchvision import datasets
@@ -53,9 +50,6 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 DOWNLOAD_TIMEOUT_S = 5.0
 _MANIFEST = ".ember-prepared.json"
-# `.<name>.<pid>.<random>.tmp`, `.<name>.<pid>.link`, or (earlier versions) `.<name>.<random>.tmp`
-_TEMP_RE = re.compile(r"^\.(?:.+?)\.(?:(?P<pid>\d+)\.(?:\w+\.tmp|link)|\w{8}\.tmp)$")
-STALE_TEMP_S = 600.0
 
 
 class DataNotFoundError(Exception):
@@ -129,7 +123,7 @@ def prepare_idx(class_name: str, files: dict[str, Path], cache: Path) -> Path:
     """
     raw = cache / class_name / "raw"
     manifest = raw / _MANIFEST
-    _remove_stale_temp_files(raw)
+    remove_stale_temp_files(raw)  # what preparations killed half-way (kill -9) left
     wanted = {name: _stamp(src) for name, src in files.items()}
     with contextlib.suppress(OSError, ValueError):
         if json.loads(manifest.read_text()) == wanted and all((raw / name).is_file() for name in files):
@@ -139,42 +133,15 @@ def prepare_idx(class_name: str, files: dict[str, Path], cache: Path) -> Path:
         if src.suffix == ".gz":
             try:
                 with gzip.open(src, "rb") as stream:
-                    write_atomic(str(raw / name), lambda out, s=stream: shutil.copyfileobj(s, out, 1 << 20),
-                                 _temp_name(raw / name, "file"))
+                    write_atomic(str(raw / name), lambda out, s=stream: shutil.copyfileobj(s, out, 1 << 20))
             except (OSError, EOFError) as err:
                 raise DataNotFoundError(
                     class_name, [src.name], [src.parent], problem="unreadable", detail=f"cannot decompress: {err}"
                 ) from err
         else:
-            symlink_atomic(str(src.resolve()), str(raw / name), _temp_name(raw / name, "link"))
-    write_atomic(str(manifest), lambda out: out.write(json.dumps(wanted).encode()), _temp_name(manifest, "file"))
+            symlink_atomic(str(src.resolve()), str(raw / name))
+    write_atomic(str(manifest), lambda out: out.write(json.dumps(wanted).encode()))
     return cache
-
-
-def _remove_stale_temp_files(folder: Path) -> None:
-    """Delete the temp files that preparations killed half-way (kill -9) left in `folder`: those of processes
-    that no longer run, and the pid-less ones of earlier versions once untouched for STALE_TEMP_S."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = _TEMP_RE.match(entry.name)
-        if match is None:
-            continue
-        pid = match.group("pid")
-        with contextlib.suppress(OSError):
-            if pid is not None and int(pid) != os.getpid() and not pid_alive(int(pid)):
-                os.unlink(entry.path)
-            elif pid is None and time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
-                os.unlink(entry.path)
-
-
-def _temp_name(target: Path, kind: str) -> str:
-    """The temp sibling of `target` for an atomic write: `.<name>.<pid>.<random>.tmp` or `.<name>.<pid>.link`,
-    the pid telling `_remove_stale_temp_files` whose it is."""
-    rest = f"{secrets.token_hex(4)}.tmp" if kind == "file" else "link"
-    return str(target.with_name(f".{target.name}.{os.getpid()}.{rest}"))
 
 
 def _offline() -> bool:

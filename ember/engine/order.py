@@ -39,6 +39,28 @@ LAST = 1000
 """Runs after everything (graceful stop, which ends the run)."""
 
 
+def closure_of(fn: Any) -> dict[str, Any]:
+    """A function's closure variables by name ({} for what is not a plain function)."""
+    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
+    return dict(zip(code.co_freevars, (c.cell_contents for c in cells))) if code is not None else {}
+
+
+def unwrap(func: Callable) -> tuple[Callable, Callable | None]:
+    """The handler a registered callable runs and its event filter (None when it has none): the one place
+    that knows how handlers attached to a filtered event are wrapped.
+
+    ember's wrapper records the pair as `_ember_filtered`; Ignite's holds a weak reference to the handler
+    (`_parent`, a private attribute of ignite.engine.Engine._handler_wrapper) and the filter in its closure.
+    """
+    filtered = getattr(func, "_ember_filtered", None)
+    if filtered is not None:
+        return filtered[0], filtered[1]
+    parent = getattr(func, "_parent", None)
+    if callable(parent):
+        return parent(), closure_of(func).get("event_filter")
+    return func, None
+
+
 _T = TypeVar("_T")
 
 
@@ -58,7 +80,9 @@ def ordered(level: int) -> Callable[[_T], _T]:
 
 
 def order_of(handler: Any) -> int:
-    """The declared order of a handler callable: its own `ember_order`, its bound object's, else DEFAULT."""
+    """The declared order of a handler callable (unwrapped): its own `ember_order`, its bound object's, else
+    DEFAULT."""
+    handler = unwrap(handler)[0]
     for holder in (handler, getattr(handler, "__self__", None), getattr(handler, "func", None)):
         value = getattr(holder, ATTRIBUTE, None) if holder is not None else None
         if isinstance(value, int) and not isinstance(value, bool):

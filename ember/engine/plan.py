@@ -11,7 +11,7 @@ from typing import Any
 
 from ignite.engine import Events
 
-from ember.engine.order import order_of
+from ember.engine.order import closure_of, order_of, unwrap
 
 # The built-in events in the order a run fires them.
 RUN_ORDER = (
@@ -22,29 +22,9 @@ RUN_ORDER = (
 _FILTER_ARGS = ("every", "once", "before", "after")
 
 
-def _closure(fn: Any) -> dict[str, Any]:
-    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
-    return dict(zip(code.co_freevars, (c.cell_contents for c in cells))) if code is not None else {}
-
-
-def unwrap(func: Callable) -> tuple[Callable, Callable | None]:
-    """The handler a registered callable runs and its event filter (None when it has none).
-
-    A handler attached to a filtered event is registered inside a wrapper: ember's records the pair as
-    `_ember_filtered`, Ignite's holds a weak reference to the handler (`_parent`) and the filter in its closure.
-    """
-    filtered = getattr(func, "_ember_filtered", None)
-    if filtered is not None:
-        return filtered[0], filtered[1]
-    parent = getattr(func, "_parent", None)
-    if callable(parent):
-        return parent(), _closure(func).get("event_filter")
-    return func, None
-
-
 def order_of_entry(entry: tuple) -> int:
     """The declared order of a registered `(func, args, kwargs)` entry's handler."""
-    return order_of(unwrap(entry[0])[0])
+    return order_of(entry[0])
 
 
 def place_last_entry(entries: list) -> None:
@@ -64,7 +44,7 @@ def describe_filter(flt: Callable | None) -> str:
         return ""
     name = getattr(flt, "__qualname__", type(flt).__name__)
     if name.split(".<locals>")[0].endswith("_event_filter"):
-        values = {k.rstrip("_"): v for k, v in _closure(flt).items()}
+        values = {k.rstrip("_"): v for k, v in closure_of(flt).items()}
         parts = [f"{k}={values[k]}" for k in _FILTER_ARGS if values.get(k) not in (None, 0, float("inf"))]
         if parts:
             return ", ".join(parts)

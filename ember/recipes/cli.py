@@ -31,9 +31,6 @@ _IN_FLAGS = (
     ("use amp='bf16'", "use --amp bf16"),
     ("use compile=True or compile='max-autotune-no-cudagraphs'",
      "use --compile or --compile max-autotune-no-cudagraphs"),
-    ("Pass strict=False to load only what matches.",
-     "Was it written by another recipe or model? Resume a run of this recipe (--resume RUN), or start a new run "
-     "without --resume."),
 )
 
 
@@ -131,10 +128,12 @@ def _train(spec: str, argv: list[str]) -> int:
         print(_error_line(exc), file=sys.stderr)
         return 2
     warnings.formatwarning = _warning_line
+    context = None
     try:
         with _one_line_per_run():
-            args = parse_flags(recipe, argv)
-            return recipe.train(args, RunContext(recipe, args))
+            args, run = parse_flags(recipe, argv)
+            context = RunContext(recipe, args, run)
+            return recipe.train(args, context)
     except _StoppedAtStartUp as stop:
         name = signal.Signals(stop.signum).name
         print(f"ember: stopped by {name} during start-up, before the first checkpoint; nothing was saved or "
@@ -155,6 +154,8 @@ def _train(spec: str, argv: list[str]) -> int:
         print(_error_line(exc) + "  [set EMBER_DEBUG=1 for the traceback]", file=sys.stderr)
         return 1
     finally:
+        if context is not None:
+            context.close()
         dist.cleanup()
 
 

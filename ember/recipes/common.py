@@ -7,11 +7,11 @@ A recipe file imports `Recipe` and `RunContext` from here; the flags are `ember.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import hashlib
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -22,18 +22,16 @@ from ember import distributed as dist
 from ember.callbacks import TensorBoardLogger
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
-from ember.callbacks.graceful_stop import GracefulStop
 from ember.callbacks.tensorboard_logger import run_name
 from ember.data import load_dataset, make_loader
 from ember.engine import Engine
-from ember.recipes.flags import GLOBAL_BATCH
+from ember.recipes.flags import GLOBAL_BATCH, MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
 from ember.recipes.precision import slow_amp_warning
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, RunError, fit
-from ember.run.folder import place_run
+from ember.run import RunError, RunFolder, fit, place
 from ember.steps import create_evaluator, create_trainer
 
-__all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "graceful_stop", "seed_everything", "select_device"]
+__all__ = ["NOT_HPARAMS", "Recipe", "RecipeError", "RunContext", "seed_everything", "select_device"]
 
 
 def select_device(choice: str) -> torch.device:
@@ -57,9 +55,12 @@ def seed_everything(seed: int) -> None:
 class RunContext:
     """The set-up a recipe asks for: device, data loaders, model placement, trainer and evaluator."""
 
-    def __init__(self, recipe: Recipe, args: argparse.Namespace) -> None:
+    def __init__(self, recipe: Recipe, args: argparse.Namespace, run: RunFolder | None = None) -> None:
+        """Set up the process group and device, then place the run: `run` (the folder --resume opened), else
+        --checkpoint-dir, else a new folder `checkpoints/<recipe>/<run-id>`, locked for the run (`close`)."""
         self.recipe = recipe
         self.args = args
+        self.run: RunFolder | None = None
         dist.init(backend="gloo" if args.device == "cpu" else None)
         dist.silence_non_main()
         self.device = select_device(args.device)
@@ -75,7 +76,11 @@ class RunContext:
         slow = slow_amp_warning(args.amp, self.device)
         if slow and dist.is_main():
             print(slow, file=sys.stderr)
-        _place_run(recipe, args)
+        try:
+            self.run = place(run or args.checkpoint_dir, root=os.path.join("checkpoints", recipe.name))
+        except RunError as exc:
+            raise RecipeError(str(exc)) from None
+        self.logdir = args.logdir or _paired_logdir(recipe.name, self.run)
         seed_everything(args.seed)
         self.classes: list[str] | None = None
         self.correct: CorrectCounter | None = None
@@ -154,9 +159,8 @@ class RunContext:
             print(f"Distributed: {dist.world_size()} processes, global batch {args.batch_size * dist.world_size()}")
         try:
             result = fit(
-                trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.checkpoint_dir,
+                trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=self.run,
                 resume=bool(args.resume), config=self.config(), may_differ=MAY_DIFFER | {"batch_size"},
-                run_id=args.run_id,
                 checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                 async_checkpoint=args.async_checkpoint,
                 tensorboard=self._tensorboard(objects.get("model"), output_transform) if args.tensorboard else None,
@@ -168,26 +172,36 @@ class RunContext:
             if exc.setting == "tensorboard":
                 raise RecipeError(f"{exc}; pass --logdir with a folder that can be created and written, or "
                                   "--no-tensorboard") from None
+            if exc.setting == "logdir":
+                raise RecipeError(str(exc).replace(f"tensorboard={self.logdir!r}", f"--logdir {self.logdir}")
+                                  + "; pass --logdir with a new folder, or --resume that run") from None
             raise RecipeError(str(exc)) from None
         return result.exit_status
 
+    def close(self) -> None:
+        """Let go of the run folder's lock; a folder made for a run that never saved is removed."""
+        if self.run is not None and dist.is_main():
+            self.run.close()
+
     def config(self) -> dict[str, Any]:
         """Every flag of this run (recipe-specific ones included), the recipe's name and the global batch (what
-        must match on resume; the batch per process may change with the number of processes), for its checkpoints."""
-        skip = {"resume", "run_id"}
-        return {"recipe": self.recipe.name, **{k: v for k, v in vars(self.args).items() if k not in skip},
-                GLOBAL_BATCH: self.args.batch_size * dist.world_size()}
+        must match on resume; the batch per process may change with the number of processes), for its
+        checkpoints; the folders are the ones the run uses."""
+        config = {k: v for k, v in vars(self.args).items() if k not in NOT_SAVED}
+        if self.run is not None:
+            config.update(checkpoint_dir=self.run.path, logdir=self.logdir)
+        return {"recipe": self.recipe.name, **config, GLOBAL_BATCH: self.args.batch_size * dist.world_size()}
 
     def _tensorboard(self, model: nn.Module | None, output_transform: Callable[[Any], Any] | None) -> TensorBoardLogger:
         """The TensorBoard logger of this run, as the TensorBoard flags say."""
         args = self.args
         try:
-            return TensorBoardLogger(args.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
+            return TensorBoardLogger(self.logdir, log_every=args.log_every, histograms_every=int(args.histograms),
                                      graph=args.graph, model=model, hparams=self._hparams(), run_name=self._run_name(),
                                      output_transform=output_transform, correct=self.correct,
                                      class_names=self.classes)
         except OSError as exc:
-            raise RecipeError(f"cannot write TensorBoard logs to {args.logdir}: {exc.strerror or exc}; pass --logdir "
+            raise RecipeError(f"cannot write TensorBoard logs to {self.logdir}: {exc.strerror or exc}; pass --logdir "
                               "with a folder that can be created and written, or --no-tensorboard") from None
 
     def _hparams(self) -> dict[str, Any]:
@@ -202,31 +216,14 @@ class RunContext:
         from ember.recipes.flags import build_parser
 
         defaults = {k: v for k, v in vars(build_parser(self.recipe).parse_args([])).items() if k not in NOT_HPARAMS}
-        return run_name(self.args.run_id, self.recipe.name, self.given, defaults)
+        return run_name(self.run.run_id, self.recipe.name, self.given, defaults)
 
 
-# Flags about where things go and how a run is watched, not about the training itself.
-NOT_HPARAMS = frozenset({"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
-                         "async_checkpoint",
-                         "resume", "run_id", "progress", "show_plan", "max_iterations", "log_every", "images",
-                         "histograms", "graph"})
-
-
-@contextlib.contextmanager
-def graceful_stop(trainer: Engine) -> Iterator[GracefulStop]:
-    """`GracefulStop` attached to `trainer` and installed for the block (kept for scripts that used it)."""
-    stop = GracefulStop()
-    trainer.add(stop)
-    with stop:
-        yield stop
-
-
-def _place_run(recipe: Recipe, args: argparse.Namespace) -> None:
-    """A new run's own folders (made by rank 0, the same on every rank), unless the flags name them."""
-    if args.checkpoint_dir is None:
-        root = os.path.join("checkpoints", recipe.name)
-        args.checkpoint_dir, args.run_id = place_run(root)
-    if args.run_id is None:
-        args.run_id = os.path.basename(os.path.normpath(args.checkpoint_dir))
-    if args.logdir is None:
-        args.logdir = os.path.join("runs", recipe.name, args.run_id)
+def _paired_logdir(recipe: str, run: RunFolder) -> str:
+    """The TensorBoard folder of a run: `runs/<recipe>/<run-id>` for a folder `checkpoints/<recipe>/<run-id>`;
+    for a folder elsewhere, its name and a digest of its full path, so that `a/exp` and `b/exp` never share one."""
+    default = os.path.join("checkpoints", recipe, run.run_id)
+    if os.path.abspath(run.path) == os.path.abspath(default):
+        return os.path.join("runs", recipe, run.run_id)
+    digest = hashlib.sha256(os.path.abspath(run.path).encode()).hexdigest()[:8]
+    return os.path.join("runs", recipe, f"{os.path.basename(os.path.normpath(run.path))}-{digest}")

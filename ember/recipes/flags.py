@@ -6,11 +6,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ember import distributed as dist
+from ember.checkpoint.format import CheckpointError
+from ember.checkpoint.sharded import SUFFIX as SHARDED_SUFFIX
 from ember.recipes.recipe import Recipe, RecipeError
-from ember.run import MAY_DIFFER, latest_run_dir, saved_run
+from ember.run import RunFolder, latest_run_dir
+from ember.run.folder import describe
 
 
 def _number(text: str, kind: type, expected: str) -> Any:
@@ -108,9 +113,10 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
                    help="save checkpoints in the background: a save copies the state into host memory (about the "
                         "checkpoint's size) and training goes on while it is written")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue the newest run of this recipe (or the run in folder RUN, or in --checkpoint-dir) "
-                        "with its flags; a flag given again must match, except --epochs and others that only say "
-                        "how long, where or how visibly it runs")
+                   help="continue the newest run of this recipe (or --checkpoint-dir's, or RUN: a run id, a run "
+                        "folder, a checkpoint file or the run's TensorBoard folder) with its flags; a flag given "
+                        "again must match, except --epochs and others that only say how long, where or how visibly "
+                        "it runs")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the model (optionally with a mode, e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--cuda-graph", action="store_true",
@@ -120,36 +126,72 @@ def build_parser(recipe: Recipe, prog: str = "ember train") -> argparse.Argument
                    help="print the handlers each event runs, in order, with their filters, before training")
     p.add_argument("--max-iterations", type=_positive_int, default=None, metavar="N",
                    help="stop after iteration N (counted over the whole run), with a checkpoint; e.g. to try a set-up")
-    p.set_defaults(run_id=None)
     if recipe.add_arguments is not None:
         recipe.add_arguments(p)
     return p
 
 
+@dataclass(frozen=True)
+class Role:
+    """What a flag is to a run: whether `--resume` takes it from the run's checkpoints when it is not given
+    (`adopted`), accepts another value given again (`may_differ`: how long, where or how visibly the run goes),
+    whether TensorBoard's HParams show it (`hparam`) and whether the run's checkpoints save it (`saved`)."""
+
+    adopted: bool = True
+    may_differ: bool = False
+    hparam: bool = True
+    saved: bool = True
+
+
+TRAINING = Role()  # shapes what is learned: adopted on resume, must match, a hyperparameter
+RUNTIME = Role(may_differ=True)  # how fast or how long it runs: adopted, may change, shown with the hyperparameters
+WATCHING = Role(may_differ=True, hparam=False)  # where it saves and logs and what it shows
+INVOCATION = Role(adopted=False, may_differ=True, hparam=False)  # this command only, not the run
+# Every flag of build_parser and its role, the one place that says it (recipe-specific flags are TRAINING).
+FLAGS: dict[str, Role] = {
+    "epochs": RUNTIME, "batch_size": TRAINING, "lr": TRAINING, "seed": TRAINING,
+    "device": Role(adopted=False, may_differ=True), "amp": TRAINING,
+    "data_root": WATCHING, "data_path": RUNTIME, "num_workers": RUNTIME,
+    "progress": INVOCATION, "logdir": WATCHING, "tensorboard": WATCHING, "log_every": WATCHING,
+    "images": WATCHING, "histograms": WATCHING, "graph": WATCHING,
+    "checkpoint_dir": INVOCATION, "checkpoint_every": WATCHING, "keep_last": WATCHING, "async_checkpoint": WATCHING,
+    "resume": Role(adopted=False, may_differ=True, hparam=False, saved=False),
+    "compile": RUNTIME, "cuda_graph": RUNTIME, "channels_last": RUNTIME,
+    "strategy": TRAINING, "fsdp_precision": TRAINING,
+    "show_plan": INVOCATION, "max_iterations": INVOCATION,
+}  # fmt: skip
+
+
+def _with(test: Callable[[Role], bool]) -> frozenset[str]:
+    return frozenset(name for name, role in FLAGS.items() if test(role))
+
+
+MAY_DIFFER = _with(lambda r: r.may_differ)  # --resume accepts another value of these
+NOT_ADOPTED = _with(lambda r: not r.adopted)  # --resume never takes these from the checkpoints
+NOT_HPARAMS = _with(lambda r: not r.hparam)  # left out of TensorBoard's HParams
+NOT_SAVED = _with(lambda r: not r.saved)  # left out of the configuration saved in checkpoints
+
 _UNSET = object()
 GLOBAL_BATCH = "global_batch_size"  # saved in a run's config: --batch-size times the number of processes
-# Flags a resumed run does not take from its checkpoints: they describe this invocation, not the run.
-_NOT_ADOPTED = frozenset({"checkpoint_dir", "resume", "run_id", "progress", "show_plan", "max_iterations",
-                          "device"})
 
 
-def parse_flags(recipe: Recipe, argv: list[str]) -> argparse.Namespace:
-    """The recipe's flags from `argv`; with --resume, the run's folder and its own flags.
+def parse_flags(recipe: Recipe, argv: list[str]) -> tuple[argparse.Namespace, RunFolder | None]:
+    """The recipe's flags from `argv`, and with --resume the run's folder (opened once) with its own flags.
 
     (A new run gets its folders `checkpoints/<recipe>/<run-id>` and `runs/<recipe>/<run-id>` from RunContext,
-    once the process group is up.) `--resume` finds the run (its folder, --checkpoint-dir, or the newest run of
-    the recipe), takes every flag not given on the command line from its checkpoints, applies a differing
-    flag given again where that is honest (`MAY_DIFFER`: more --epochs, another --device...) and refuses any
-    other in one line naming the flag and both values, before anything is built or trained.
+    once the process group is up.) `--resume` finds the run (`find_run`), takes every flag not given on the
+    command line from its checkpoints, applies a differing flag given again where that is honest
+    (`MAY_DIFFER`: more --epochs, another --device...) and refuses any other in one line naming the flag and
+    both values, before anything is built or trained.
     """
     parser = build_parser(recipe)
     given = parser.parse_args(argv, namespace=argparse.Namespace(**{a.dest: _UNSET for a in parser._actions}))
     explicit = {k for k, v in vars(given).items() if v is not _UNSET}
     args = parser.parse_args(argv)
-    root = os.path.join("checkpoints", recipe.name)
-    if args.resume:
-        _adopt_saved_flags(recipe, parser, args, explicit, root)
-    return args
+    run = find_run(recipe, args) if args.resume else None
+    if run is not None:
+        _adopt_saved_flags(recipe, parser, args, explicit, run)
+    return args, run
 
 
 def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
@@ -166,48 +208,86 @@ def _shown(flag: str, value: Any) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                       explicit: set[str], root: str) -> None:
-    if isinstance(args.resume, str):
-        folder = os.path.dirname(args.resume) if os.path.isfile(args.resume) else args.resume
-        if args.checkpoint_dir is not None and os.path.abspath(args.checkpoint_dir) != os.path.abspath(folder):
-            raise RecipeError(f"--resume {args.resume} and --checkpoint-dir {args.checkpoint_dir} name two runs; "
-                              "give one of them")
-        if not os.path.isdir(folder):
-            raise RecipeError(f"--resume {args.resume}: no such run folder; pass a folder under {root}, or --resume "
-                              "alone for the newest run of this recipe")
-        args.checkpoint_dir = folder
-    elif args.checkpoint_dir is None:
-        args.checkpoint_dir = latest_run_dir(root)
-        if args.checkpoint_dir is None:
+def find_run(recipe: Recipe, args: argparse.Namespace) -> RunFolder | None:
+    """The run `--resume` names, opened: a run id, a run folder, a checkpoint file (resumed exactly), the run's
+    TensorBoard folder, or nothing (--checkpoint-dir, else the newest run of the recipe; None when there is
+    none: a new run). A folder without checkpoints is refused in one line, and nothing is written."""
+    root = os.path.join("checkpoints", recipe.name)
+    named = args.resume if isinstance(args.resume, str) else None
+    if named is None and args.checkpoint_dir is None:
+        folder = latest_run_dir(root)
+        if folder is None:
             print(f"No earlier run of {recipe.name} in {root}: starting a new run.")
             args.resume = False  # said once: nothing for fit to look for
-            return
-    saved = saved_run(args.checkpoint_dir)
-    if saved is None:
+            return None
+        return RunFolder.open(folder)
+    target = named if named is not None else args.checkpoint_dir
+    what = f"--resume {named}" if named is not None else f"--checkpoint-dir {target} --resume"
+    if os.path.isfile(target) or (os.path.isdir(target) and os.path.normpath(target).endswith(SHARDED_SUFFIX)):
+        folder, file = os.path.dirname(os.path.normpath(target)) or ".", target
+    elif os.path.isdir(target):
+        folder, file = target, None
+    elif named is not None and os.sep not in named and os.path.isdir(os.path.join(root, named)):
+        folder, file = os.path.join(root, named), None  # a run id
+    else:
+        raise RecipeError(f"{what}: no such run id, run folder or checkpoint file; pass a run id or folder under "
+                          f"{root}, or --resume alone for the newest run of this recipe")
+    if named is not None and args.checkpoint_dir is not None and \
+            os.path.abspath(args.checkpoint_dir) != os.path.abspath(folder):
+        raise RecipeError(f"--resume {named} and --checkpoint-dir {args.checkpoint_dir} name two runs; give one "
+                          "of them")
+    try:
+        run = RunFolder.open(folder, file=file)
+    except CheckpointError as exc:
+        raise RecipeError(f"{what}: {exc}") from None
+    if file is None and not run.holds_checkpoints:
+        tensorboard = _run_logging_to(folder, root)
+        if tensorboard is not None:
+            return tensorboard
+        raise RecipeError(f"{what}: {folder} holds no run to resume: {describe(folder)}; nothing was written. Pass "
+                          f"a run id or a run folder under {root} (or a checkpoint file), or start a new run")
+    return run
+
+
+def _run_logging_to(logdir: str, root: str) -> RunFolder | None:
+    """The run (under `root`, by the folder's name) whose TensorBoard folder `logdir` is, or None."""
+    if not any(n.startswith("events.out.tfevents") for n in os.listdir(logdir)):
+        return None
+    folder = os.path.join(root, os.path.basename(os.path.normpath(logdir)))
+    if not os.path.isdir(folder):
+        return None
+    run = RunFolder.open(folder)
+    saved = (run.record or {}).get("config", {}).get("logdir")
+    if not run.holds_checkpoints or saved is None or os.path.realpath(saved) != os.path.realpath(logdir):
+        return None
+    return run
+
+
+def _adopt_saved_flags(recipe: Recipe, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       explicit: set[str], run: RunFolder) -> None:
+    """Take the run's saved flags where not given; refuse a given one that differs and may not."""
+    if run.record is None:
         return
-    config = saved["config"]
+    config = run.record["config"]
     if config.get("recipe", recipe.name) != recipe.name:
-        raise RecipeError(f"--resume: {args.checkpoint_dir} holds a run of {config['recipe']}, not of {recipe.name}; "
-                          f"resume it with `ember train {config['recipe']} --resume {args.checkpoint_dir}`")
+        raise RecipeError(f"--resume: {run.path} holds a run of {config['recipe']}, not of {recipe.name}; "
+                          f"resume it with `ember train {config['recipe']} --resume {run.path}`")
     current = vars(args)
     for key, old in config.items():
-        if key not in current or key in _NOT_ADOPTED:
-            continue
-        if key not in explicit:
+        if key in current and key not in NOT_ADOPTED and key not in explicit:
             current[key] = old
-        elif key == "batch_size" and GLOBAL_BATCH in config:
-            continue  # checked below against the global batch: the batch per process follows the processes
-        elif key not in MAY_DIFFER and _plain_value(current[key]) != old:
-            flag = flag_of(parser, key)
-            raise RecipeError(f"{_shown(flag, current[key])} differs from the run being resumed "
-                              f"({args.checkpoint_dir}), which has {_shown(flag, old)}; drop {flag} to keep the "
-                              "run's value, or start a new run without --resume")
-    _check_global_batch(args, config)
-    args.run_id = saved["run_id"]
+    given = {key: current[key] for key in explicit if key not in NOT_ADOPTED}
+    # with a saved global batch, --batch-size follows the number of processes: checked against it below
+    may_differ = MAY_DIFFER | {"batch_size"} if GLOBAL_BATCH in config else MAY_DIFFER
+    for key, old, new in run.compare(given, may_differ):
+        flag = flag_of(parser, key)
+        raise RecipeError(f"{_shown(flag, new)} differs from the run being resumed ({run.path}), which has "
+                          f"{_shown(flag, old)}; drop {flag} to keep the run's value, or start a new run without "
+                          "--resume")
+    _check_global_batch(args, config, run.path)
 
 
-def _check_global_batch(args: argparse.Namespace, config: dict[str, Any]) -> None:
+def _check_global_batch(args: argparse.Namespace, config: dict[str, Any], folder: str) -> None:
     """With another number of processes the run continues where it stopped only with the same global batch
     (the same iterations per epoch); refuse any other in one line saying which --batch-size would do."""
     world, saved = dist.planned_world_size(), config.get(GLOBAL_BATCH)
@@ -216,9 +296,6 @@ def _check_global_batch(args: argparse.Namespace, config: dict[str, Any]) -> Non
     fits = f"pass --batch-size {saved // world}" if saved % world == 0 else \
         f"use a number of processes that divides {saved}"
     raise RecipeError(f"--batch-size {args.batch_size} in {world} process{'es' if world > 1 else ''} is a global "
-                      f"batch of {args.batch_size * world}, but the run being resumed ({args.checkpoint_dir}) has a "
+                      f"batch of {args.batch_size * world}, but the run being resumed ({folder}) has a "
                       f"global batch of {saved}; {fits} to continue it, or start a new run without --resume")
 
-
-def _plain_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value

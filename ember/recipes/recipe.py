@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ class Recipe:
     """A recipe: its name, the seed program it reproduces (`program`, "000" for seeds/000, "-" for none), the
     dataset, a one-line summary, `train(args, run)`, and its defaults for --epochs, --batch-size, --lr and
     --seed (`seed`: the random seed, unlike `program`); `shuffle` says whether the seed shuffles its training
-    data, `add_arguments(parser)` adds the recipe's own flags. `seed_file=` is the earlier name of `program`.
+    data, `add_arguments(parser)` adds the recipe's own flags.
     """
 
     name: str
@@ -35,10 +34,3 @@ class Recipe:
     seed: int = 0
     shuffle: bool = False
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    seed_file: InitVar[str | None] = None
-
-    def __post_init__(self, seed_file: str | None) -> None:
-        if seed_file is not None:
-            warnings.warn("Recipe(seed_file=...) is now Recipe(program=...): the seed program it reproduces",
-                          DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "program", seed_file)

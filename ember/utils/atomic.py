@@ -3,6 +3,8 @@
 Every write goes to a temp file in the destination's folder (a rename across file systems would not be
 atomic), is fsynced, renamed over the destination with `os.replace`, and the folder is fsynced so that the
 rename survives a power cut. A failed write removes its temp file and leaves the destination as it was.
+Temp files have one naming scheme, `.tmp-<name>-<pid>-<random>` (`temp_path`), for checkpoints and prepared
+datasets alike, and one cleanup of those a killed process left (`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,43 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from ember.utils.files import pid_alive
+
 TMP_PREFIX = ".tmp-"
+_TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 
 
 def temp_path(path: str) -> str:
     """A fresh temp name next to `path`: `.tmp-<name>-<pid>-<random>`, the pid telling whose it is."""
     directory, name = os.path.split(path)
     return os.path.join(directory, f"{TMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_stale_temp_files(dirname: str | os.PathLike[str]) -> None:
+    """Delete the temp files (and temp folders of sharded checkpoints) in `dirname` of processes that no longer
+    run (killed while writing); those of live processes (this one included) may be being written right now and
+    are left alone."""
+    try:
+        names = os.listdir(dirname)
+    except OSError:
+        return
+    for name in names:
+        match = _TMP_RE.match(name)
+        if match is None or pid_alive(int(match.group("pid"))):
+            continue
+        path = os.path.join(dirname, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)  # a sharded checkpoint's folder, never committed
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def fsync_dir(dirname: str) -> None:
@@ -47,10 +73,10 @@ def fsync_dir(dirname: str) -> None:
 
 
 @contextlib.contextmanager
-def atomically(dst: str, tmp: str | None = None) -> Iterator[str]:
-    """Yield a temp path in `dst`'s folder (`tmp`, else `temp_path(dst)`); once the block has written it whole,
-    rename it over `dst` and fsync the folder. On any failure the temp file is removed and `dst` is left as it was."""
-    tmp = tmp if tmp is not None else temp_path(dst)
+def atomically(dst: str) -> Iterator[str]:
+    """Yield a temp path in `dst`'s folder (`temp_path(dst)`); once the block has written it whole, rename it
+    over `dst` and fsync the folder. On any failure the temp file is removed and `dst` is left as it was."""
+    tmp = temp_path(dst)
     try:
         yield tmp
         os.replace(tmp, dst)
@@ -61,9 +87,9 @@ def atomically(dst: str, tmp: str | None = None) -> Iterator[str]:
     fsync_dir(os.path.dirname(dst))
 
 
-def write_atomic(dst: str, write: Callable[[IO[bytes]], Any], tmp: str | None = None) -> None:
+def write_atomic(dst: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Create `dst` with the bytes `write(file)` writes, fsynced before the rename (see `atomically`)."""
-    with atomically(dst, tmp) as path, open(path, "xb") as f:
+    with atomically(dst) as path, open(path, "xb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -80,9 +106,9 @@ def link_atomic(src: str, dst: str) -> None:
                 os.fsync(f.fileno())
 
 
-def symlink_atomic(source: str, dst: str, tmp: str | None = None) -> None:
-    """Point `dst` at `source` through a temp symbolic link renamed over it (`tmp`, else `temp_path(dst)`)."""
-    with atomically(dst, tmp) as path:
+def symlink_atomic(source: str, dst: str) -> None:
+    """Point `dst` at `source` through a temp symbolic link renamed over it."""
+    with atomically(dst) as path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.symlink(source, path)

@@ -493,3 +493,28 @@ def test_optimizer_hyperparameters_keep_the_loading_runs_form(tmp_path, saved_as
     else:
         assert type(lr) is float and lr == pytest.approx(0.025)
     assert loaded.param_groups[0]["foreach"] is None  # this run's choice, not the saved foreach=False
+
+
+def test_ember_checkpoint_is_the_public_face_and_one_rule_names_the_implicit_objects(tmp_path):
+    import ember.checkpoint as checkpoints
+    from ember.checkpoint.handler_states import implicit_objects
+
+    assert set(checkpoints.__all__) == {"load", "latest", "resume_latest", "CheckpointError",
+                                        "CorruptCheckpointError", "HandlerStates"}
+    model, optimizer, _, trainer = make_run()
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    saver = trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path))
+    trainer.run(make_data(2), max_epochs=1)
+    path = checkpoints.latest(tmp_path)
+    assert path == str(tmp_path / "checkpoint_000000002.pt")
+    held = set(torch.load(path, weights_only=True)["objects"])
+    assert held == {"model", "optimizer", "trainer", "scaler", "handlers"} and set(saver.objects) == held
+    model2, optimizer2, _, trainer2 = make_run(seed=1)
+    trainer2.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    implicit = implicit_objects(trainer2, {"trainer": trainer2}, saved=held)
+    assert set(implicit) == {"scaler", "handlers"}
+    assert set(implicit_objects(trainer2, {"trainer": trainer2}, saved={"trainer"})) == set()
+    assert checkpoints.resume_latest(tmp_path, {"model": model2, "optimizer": optimizer2, "trainer": trainer2}) == path
+    assert torch.equal(model2[0].weight, model[0].weight) and trainer2.state.iteration == 2
+    with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+        checkpoints.load(tmp_path / "nothing.pt", {"model": model2})

@@ -63,7 +63,7 @@ def test_debian_layout_is_prepared_into_the_cache_once(tmp_path):
     time.sleep(0.01)
     load_fashion_mnist(root=tmp_path / "deb", cache=cache)
     assert {name: (raw / name).stat().st_mtime_ns for name in IDX_FILES} == stamps, "prepared twice"
-    assert not [p for p in raw.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in raw.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_a_changed_source_is_prepared_again(tmp_path):

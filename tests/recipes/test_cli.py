@@ -148,3 +148,20 @@ def test_installed_console_script_runs():
     done = _run([str(script), "list"])
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == list(RECIPES)
+
+
+def test_every_flag_has_one_role_and_the_sets_are_derived_from_it():
+    from ember.recipes import RECIPES
+    from ember.recipes.flags import FLAGS, MAY_DIFFER, NOT_ADOPTED, NOT_HPARAMS, NOT_SAVED, build_parser
+
+    dests = {a.dest for a in build_parser(RECIPES["fashion-mnist-mlp"])._actions if a.dest != "help"}
+    assert dests == set(FLAGS), dests ^ set(FLAGS)
+    assert NOT_ADOPTED == {"checkpoint_dir", "resume", "progress", "show_plan", "max_iterations", "device"}
+    assert NOT_SAVED == {"resume"}
+    assert NOT_HPARAMS == {"data_root", "logdir", "tensorboard", "checkpoint_dir", "checkpoint_every", "keep_last",
+                           "async_checkpoint", "resume", "progress", "show_plan", "max_iterations", "log_every",
+                           "images", "histograms", "graph"}
+    assert MAY_DIFFER == {"epochs", "resume", "checkpoint_dir", "logdir", "progress", "tensorboard",
+                          "checkpoint_every", "keep_last", "async_checkpoint", "max_iterations", "device",
+                          "num_workers", "data_root", "data_path", "compile", "cuda_graph", "channels_last",
+                          "show_plan", "log_every", "images", "histograms", "graph"}

@@ -29,8 +29,8 @@ def test_a_run_resumes_in_another_world_with_the_same_global_batch(capsys, monke
     saved = torch.load(Checkpoint.latest("ck"), weights_only=True)["objects"]["run"]["config"]
     assert saved[GLOBAL_BATCH] == 32
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node=2 would start it
-    args = parse_flags(RECIPES[MLP], ["--resume", "ck", "--batch-size", "16"])
-    assert args.batch_size == 16 and args.checkpoint_dir == "ck"
+    args, run = parse_flags(RECIPES[MLP], ["--resume", "ck", "--batch-size", "16"])
+    assert args.batch_size == 16 and run.path == "ck"
     for given in (["--batch-size", "32"], []):  # a global batch of 64, given or taken from the run
         with pytest.raises(RecipeError, match="--batch-size 32 in 2 processes is a global batch of 64, but the run "
                                               r"being resumed \(ck\) has a global batch of 32; pass --batch-size 16"):

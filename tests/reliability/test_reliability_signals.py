@@ -21,9 +21,8 @@ from harness import Child, assert_same, load_payload, python, run_cli, write_tin
 from torch import nn
 from torch.nn import functional as F
 
-from ember.callbacks import Checkpoint
+from ember.callbacks import Checkpoint, GracefulStop
 from ember.engine import Events
-from ember.recipes.common import graceful_stop
 from ember.steps import create_trainer
 
 STEPS = 12  # mnist-lenet on 48 images, batch 8, 2 epochs
@@ -54,7 +53,8 @@ def _setting(tmp_path_factory):
         "sigint_group": ((*cli, "--pause-at", "3", "--pause", "60", "--"),
                          lenet_args(root, base / "sigint_group", "dataloader", "--num-workers", "2",
                                     "--no-tensorboard"), True),
-        "double_sigint": ((*cli, "--pause-at", "3", "--pause", "60", "--stuck", "--"),
+        # Started with the others but reached last: its stuck handler must outlast the module's earlier tests.
+        "double_sigint": ((*cli, "--pause-at", "3", "--pause", "900", "--stuck", "--"),
                           lenet_args(root, base / "double_sigint", "fast", "--checkpoint-every", "2",
                                      "--no-tensorboard"), True),
     }
@@ -143,7 +143,7 @@ def test_sigterm_to_the_process_group_kills_the_workers_but_the_run_still_stops_
 
 def test_a_second_sigint_aborts_at_once(setting):
     child = setting["children"]["double_sigint"]
-    child.wait_for(lambda line: line == "PAUSE 3")  # a handler that will not return for 60 s
+    child.wait_for(lambda line: line == "PAUSE 3")  # a handler that will not return for 900 s
     child.signal(signal.SIGINT, group=True)
     deadline = time.monotonic() + 60
     while "SIGINT received" not in child.stderr and time.monotonic() < deadline:
@@ -178,7 +178,8 @@ def test_a_signal_before_the_step_ends_stops_after_that_step(tmp_path):
     model, optimizer, trainer = build()
     trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path))
     trainer.add_event_handler(Events.ITERATION_STARTED(once=5), lambda: os.kill(os.getpid(), signal.SIGTERM))
-    with graceful_stop(trainer) as stop:
+    stop = trainer.add(GracefulStop())
+    with stop:
         trainer.run(data, max_epochs=1)
     assert stop.signum == signal.SIGTERM and trainer.state.iteration == 5
     saved = load_payload(Checkpoint.latest(tmp_path))
