@@ -74,7 +74,10 @@ class Checkpoint:
     save does; `save` then returns None and `last_path` names the file once written (`wait()`). At most one
     save is in flight: the next one waits for it. A background write that fails raises its `CheckpointError`
     at the next iteration, as a synchronous save would have raised it in its own; the end of a run, a
-    terminate and an exception wait for the save in flight.
+    terminate and an exception wait for the save in flight. Sharded saves too: each rank snapshots its own
+    shards and writes them in the background; the folder is committed (manifest last, then the rename) at the
+    next save, at the run's end or in `wait()`, and a failed write raises there, on every rank. After an
+    exception under torchrun the save in flight is not committed (the previous folder is kept).
     """
 
     ember_order = order_levels.CHECKPOINT
@@ -132,9 +135,6 @@ class Checkpoint:
         self.save_on_exception = save_on_exception
         self.save_handlers = save_handlers
         self.sharded = sharded if sharded is not None else any(dist.is_sharded(o) for o in self.objects.values())
-        if self.sharded and async_save:
-            raise ValueError("async_save=True does not write sharded checkpoints (sharded=True, or an FSDP2 model) "
-                             "yet: pass one of them")
         self.engine: Engine | None = None
         self.last_path: str | None = None
         self.folder = CheckpointFolder(self.dirname, prefix, keep_last=keep_last, keep_best=keep_best,
@@ -154,6 +154,8 @@ class Checkpoint:
         self._writer = AsyncWriter() if async_save else None
         self._snapshot = HostSnapshot()
         self._memory_reported = False
+        # a sharded background save waiting for its commit: (temp folder, targets, manifest, regular, best)
+        self._in_flight: tuple[str, list[str], dict[str, Any] | None, bool, bool] | None = None
 
     # ------------------------------------------------------------------ attaching
     def attach(self, engine: Engine) -> None:
@@ -174,7 +176,7 @@ class Checkpoint:
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_end_began)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_end)
-        if self._writer is not None:  # before the saves of the same event: a failed write is reported first
+        if self._writer is not None and not self.sharded:  # before the saves of the same event: reported first
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._report_failed_write)
         if self.every_epochs is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self._on_event)
@@ -207,11 +209,13 @@ class Checkpoint:
     def _epoch_end_began(self, engine: Engine) -> None:
         """Note that the epoch's end runs; with save_on_exception, take the state as it is before it (the
         state_dicts: references to the tensors, copies of the counters, LRs and handler states), to save should
-        one of its handlers raise before this handler's turn."""
+        one of its handlers raise before this handler's turn (not for sharded folders: their save needs every
+        rank, which an exception does not promise)."""
         step = engine.state.iteration
         self._epoch_end_began_at = step
         self._before_end = None
-        if self.save_on_exception and self.keep_last != 0 and dist.is_main() and self._refusal(engine) is None \
+        if self.save_on_exception and self.keep_last != 0 and not self.sharded and dist.is_main() \
+                and self._refusal(engine) is None \
                 and not (self._step == step and "regular" in self._step_kinds):
             self._before_end = self._payload(engine, step, None, None, epoch_end_pending=True)
 
@@ -245,7 +249,10 @@ class Checkpoint:
         finally:
             if self._writer is not None:
                 try:
-                    self._writer.wait()
+                    if self.sharded:
+                        self._finish_after_exception(exc)
+                    else:
+                        self._writer.wait()
                 except Exception as err:
                     warnings.warn(f"Checkpoint: the background save in flight failed: {err}", RuntimeWarning,
                                   stacklevel=2)
@@ -303,7 +310,9 @@ class Checkpoint:
     def wait(self) -> str | None:
         """Wait for the background save in flight (async_save) and return `last_path`; raises its
         CheckpointError if it failed. A no-op returning `last_path` for synchronous saves."""
-        if self._writer is not None:
+        if self.sharded:
+            self._finish_sharded()
+        elif self._writer is not None:
             self._writer.wait()
         return self.last_path
 
@@ -317,8 +326,10 @@ class Checkpoint:
     def _written(self, path: str) -> None:
         self.last_path = path
 
-    def _submit(self, payload: dict[str, Any], write: Callable[[dict[str, Any]], str]) -> None:
-        """Copy `payload` into the host snapshot and hand it to the background writer."""
+    def _submit(self, payload: dict[str, Any], write: Callable[[dict[str, Any]], Any],
+                done: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Copy `payload` into the host snapshot and hand it to the background writer (`done(result)` after a
+        write that succeeded; default: `last_path` names the file written). Returns the snapshot."""
         snapshot = self._snapshot.take(payload)
         if not self._memory_reported:
             self._memory_reported = True
@@ -330,7 +341,58 @@ class Checkpoint:
             self._snapshot.ready()
             return write(state)
 
-        self._writer.submit(snapshot, write_snapshot, self._written)  # type: ignore[union-attr]
+        self._writer.submit(snapshot, write_snapshot, done or self._written)  # type: ignore[union-attr]
+        return snapshot
+
+    # A sharded save in the background: the step that saves snapshots this rank's shards (and, on rank 0, the
+    # manifest) into host memory and starts DCP's write of the shards into the save's temp folder, its
+    # collectives on a group of their own. The commit (every rank's files checksummed, the manifest written
+    # last, the rename) needs every rank's write finished: it runs at the start of the next save, at the end of
+    # the run (COMPLETED, after a terminate too) or in `wait()`, points that every rank reaches together. Until
+    # then the folder is a temp one, so a kill at any moment leaves the previous committed folder.
+    def _submit_sharded(self, state: dict[str, Any], manifest: dict[str, Any] | None, targets: list[str], *,
+                        regular: bool, best: bool) -> None:
+        group = sharded.writer_group()
+        tmp = sharded.begin(targets[0])
+
+        def write(snapshot: dict[str, Any]) -> None:
+            sharded.write_shards(tmp, targets[0], snapshot["state"], group)
+
+        snapshot = self._submit({"state": state, "manifest": manifest}, write, done=lambda _: None)
+        self._in_flight = (tmp, targets, snapshot["manifest"], regular, best)
+
+    def _finish_sharded(self) -> None:
+        """Wait for this rank's background sharded write and commit it (a collective call); CheckpointError on
+        every rank when the write failed on any (its temp folder is removed)."""
+        pending, self._in_flight = self._in_flight, None
+        if pending is None:
+            return
+        tmp, targets, manifest, regular, best = pending
+        problem = None
+        try:
+            self._writer.wait()  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - agreed among the ranks, then raised on each
+            problem = str(exc) if isinstance(exc, CheckpointError) else (
+                f"could not write the sharded checkpoint {targets[0]}: {exc}; earlier checkpoints are untouched")
+        problem = sharded.agreed(problem)
+        if problem:
+            sharded.discard(tmp)
+            raise CheckpointError(problem)
+        sharded.commit(tmp, targets[0], manifest)
+        self.last_path = self.folder.record_sharded(manifest, targets, regular=regular, best=best)
+
+    def _finish_after_exception(self, exc: BaseException) -> None:
+        """After an exception the other ranks may not reach a commit: alone, commit the save in flight; under
+        torchrun, wait for this rank's write and leave the folder uncommitted (the next start removes it)."""
+        if dist.world_size() == 1:
+            self._finish_sharded()
+            return
+        pending, self._in_flight = self._in_flight, None
+        self._writer.wait()  # type: ignore[union-attr]
+        if pending is not None and dist.is_main():
+            warnings.warn(f"Checkpoint: NOT committing the background save {pending[1][-1]} after "
+                          f"{type(exc).__name__}: a sharded commit needs every rank. The last checkpoint "
+                          f"({self.last_path or 'none yet'}) is kept untouched", RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ saving
     def save(self, engine: Engine | None = None, *, barrier: bool = True) -> str | None:
@@ -422,6 +484,8 @@ class Checkpoint:
                           f"rank. The last checkpoint ({self.last_path or 'none yet'}) is kept untouched",
                           RuntimeWarning, stacklevel=4)
             return None
+        if self._writer is not None:
+            self._finish_sharded()  # one save in flight at most; its books are needed for this one's names
         if barrier:
             pending_non_finite(engine)
         why = sharded.agreed(self._refusal(engine))
@@ -441,6 +505,9 @@ class Checkpoint:
             return None
         payload = plan[1] if plan else None
         state = sharded.sharded_state(self.objects)
+        if self._writer is not None:
+            self._submit_sharded(state, payload, targets, regular="regular" in kinds, best=best)
+            return None
         self.last_path = self.folder.write_sharded(state, payload, targets, regular="regular" in kinds, best=best)
         return self.last_path
 
@@ -466,6 +533,7 @@ class Checkpoint:
             monitor=self.monitor if isinstance(self.monitor, str) else None,
             objects={name: self._state_of(obj) for name, obj in self.objects.items() if name not in in_dcp},
             rng=get_rng_state() if self.include_rng else None, rng_ranks=rng_ranks,
+            epoch_end_pending=self._pending_epoch_end(engine),
         )
         payload["mesh"] = sharded.mesh_of(self.objects)
         return targets, payload, best

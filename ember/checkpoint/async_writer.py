@@ -35,7 +35,8 @@ class HostSnapshot:
 
     def __init__(self) -> None:
         self._buffers: dict[Path, torch.Tensor] = {}
-        self.nbytes = 0  # host bytes of the buffers held
+        self.nbytes = 0  # host bytes of the last snapshot's tensors (reused buffers and one-off copies)
+        self._unpooled = 0
         self.pinned = False  # whether any buffer is page-locked (a GPU source)
         self._events: dict[torch.device, Any] = {}
 
@@ -44,11 +45,12 @@ class HostSnapshot:
         its tensors in another thread (copies from a GPU may still be under way)."""
         used: dict[Path, torch.Tensor] = {}
         self._events = {}
+        self._unpooled = 0
         copied = self._copy(payload, (), used, {})
         for device, event in self._events.items():  # after the copies, on the stream that runs the step
             event.record(torch.cuda.current_stream(device))
         self._buffers = used
-        self.nbytes = sum(t.numel() * t.element_size() for t in used.values())
+        self.nbytes = sum(t.numel() * t.element_size() for t in used.values()) + self._unpooled
         self.pinned = any(t.is_pinned() for t in used.values()) if torch.cuda.is_available() else False
         return copied
 
@@ -80,7 +82,11 @@ class HostSnapshot:
     def _tensor(self, t: torch.Tensor, path: Path, used: dict[Path, torch.Tensor]) -> torch.Tensor:
         t = t.detach()
         if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_quantized:
-            return t.to("cpu", copy=True)
+            out = t.to("cpu", copy=True)  # a DTensor stays a DTensor: this rank's shard, copied
+            local = out.to_local() if hasattr(out, "to_local") else out
+            if local.layout is torch.strided:
+                self._unpooled += local.numel() * local.element_size()
+            return out
         on_gpu = t.device.type == "cuda"
         buffer = self._buffers.get(path)
         if buffer is None or buffer.shape != t.shape or buffer.dtype != t.dtype or buffer.is_pinned() != on_gpu:

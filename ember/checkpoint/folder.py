@@ -222,6 +222,12 @@ class CheckpointFolder:
             CheckpointError: on every rank, when the write failed anywhere; earlier checkpoints are untouched.
         """
         sharded.save_sharded(targets[0], state, payload)
+        return self.record_sharded(payload, targets, regular=regular, best=best)
+
+    def record_sharded(self, payload: dict[str, Any] | None, targets: list[str], *, regular: bool,
+                       best: bool) -> str:
+        """The books of a committed sharded save (rank 0): the regular name linked to the best folder, the
+        lists, the evictions. Returns the last name written."""
         if not dist.is_main() or payload is None:
             return targets[-1]
         step, score = payload["step"], payload["score"]

@@ -92,6 +92,9 @@ def _load_folder(path: str, objects: Mapping[str, Any], strict: bool, restore_rn
                                      "Load an earlier checkpoint")
     _apply(path, plain, states, strict)
     sharded.apply_sharded_state(dcp_objects, dcp_states)
+    trainer = objects.get("trainer")
+    if isinstance(trainer, Engine) and "trainer" in states:
+        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
     if restore_rng and "rng" in payload:
         set_rng_state(_rng_of_this_rank(payload))
     return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}

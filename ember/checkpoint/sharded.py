@@ -122,18 +122,46 @@ def save_sharded(path: str, state: Mapping[str, Any], manifest: dict[str, Any] |
     that writes the shards another way (e.g. `dcp.async_save`) runs the same three with its own middle step.
     Returns `path`; CheckpointError on every rank when any rank failed (the temp folder is removed).
     """
-    import torch.distributed.checkpoint as dcp
-
     tmp = begin(path)
     try:
-        with _quiet():
-            dcp.save(dict(state), checkpoint_id=tmp)
-    except (Exception, dcp.api.CheckpointException) as exc:
-        _discard(tmp)
-        raise CheckpointError(f"could not write the sharded checkpoint {path}: {_cause(exc)}; earlier "
-                              "checkpoints are untouched") from None
+        write_shards(tmp, path, state)
+    except CheckpointError:
+        discard(tmp)
+        raise
     commit(tmp, path, manifest)
     return path
+
+
+def write_shards(tmp: str, path: str, state: Mapping[str, Any], group: Any = None) -> None:
+    """The middle step: `dcp.save` of `state` into the temp folder `tmp` (of the checkpoint `path`), its
+    collectives on `group` (default: the default process group). A collective call of the ranks of `group`;
+    CheckpointError on every rank when any rank failed."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        with _quiet():
+            dcp.save(dict(state), checkpoint_id=tmp, process_group=group)
+    except (Exception, dcp.api.CheckpointException) as exc:
+        raise CheckpointError(f"could not write the sharded checkpoint {path}: {_cause(exc)}; earlier "
+                              "checkpoints are untouched") from None
+
+
+_WRITER_GROUP: dict[int, Any] = {}  # id(default group) -> its writers' group
+
+
+def writer_group() -> Any:
+    """A gloo process group of every rank for writes in a background thread (their collectives must not
+    interleave with the training step's on the default group); None when not distributed. Made on the first
+    call under a default group, which is therefore collective."""
+    if not dist.is_enabled():
+        return None
+    import torch.distributed
+
+    world = id(torch.distributed.group.WORLD)
+    if world not in _WRITER_GROUP:
+        _WRITER_GROUP.clear()
+        _WRITER_GROUP[world] = torch.distributed.new_group(backend="gloo")
+    return _WRITER_GROUP[world]
 
 
 def begin(path: str) -> str:
@@ -174,7 +202,7 @@ def commit(tmp: str, path: str, manifest: dict[str, Any] | None) -> None:
             fsync_dir(tmp)
             _rename_folder(tmp, path)
         except Exception as exc:
-            _discard(tmp)
+            discard(tmp)
             error = (f"could not write the sharded checkpoint {path}: {first_line(exc)}; earlier checkpoints are "
                      "untouched")
     error = dist.broadcast_object(error)
@@ -199,7 +227,8 @@ def _rename_folder(tmp: str, path: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _discard(tmp: str) -> None:
+def discard(tmp: str) -> None:
+    """Remove the temp folder of a save that failed (rank 0)."""
     if dist.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
 

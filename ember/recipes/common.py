@@ -73,9 +73,6 @@ class RunContext:
                               f"{self.device.type}: drop --cuda-graph, or pass --device cuda on a machine with a GPU")
         if args.cuda_graph and dist.world_size() > 1:
             raise RecipeError("--cuda-graph cannot capture a DistributedDataParallel step: drop it under torchrun")
-        if args.strategy == "fsdp" and getattr(args, "async_checkpoint", False):
-            raise RecipeError("--async-checkpoint does not write sharded checkpoints (--strategy fsdp) yet: drop one "
-                              "of them")
         slow = slow_amp_warning(args.amp, self.device)
         if slow and dist.is_main():
             print(slow, file=sys.stderr)

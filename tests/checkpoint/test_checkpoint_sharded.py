@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import warnings
 from pathlib import Path
 
@@ -161,3 +162,135 @@ def test_a_folder_of_another_architecture_is_refused_and_nothing_changes(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
     with pytest.raises(CorruptCheckpointError):
         sharded.read_manifest(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- in the background
+def test_an_async_sharded_save_holds_the_weights_of_the_time_it_was_asked_for(tmp_path: Path, monkeypatch) -> None:
+    model, optimizer, trainer = build()
+    release, write = threading.Event(), sharded.write_shards
+
+    def held(tmp, path, state, group=None):
+        assert release.wait(30)  # the write starts only after the weights changed
+        write(tmp, path, state, group)
+
+    monkeypatch.setattr(sharded, "write_shards", held)
+    saver = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_epochs=1000, keep_last=2,
+                       sharded=True, async_save=True, save_on_completed=False)
+    trainer.add(saver)
+    trainer.run(DATA[:3], max_epochs=1)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    assert saver.save(trainer) is None  # the shards are being written; nothing is committed yet
+    assert checkpoints(tmp_path) == [] and [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # right after the save was asked for: the folder must not see this
+    release.set()
+    assert saver.wait().endswith("checkpoint_000000003.dcp")
+    loaded, _, _ = build()
+    Checkpoint.load(tmp_path / "checkpoint_000000003.dcp", {"model": loaded})
+    assert all(torch.equal(first[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_the_save_in_flight_is_a_temp_folder_until_its_commit(tmp_path: Path, monkeypatch) -> None:
+    model, optimizer, trainer = build()
+    saver = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=2, keep_last=3,
+                       sharded=True, async_save=True, save_on_completed=False)
+    seen = []
+    trainer.add_event_handler(ember.Events.ITERATION_COMPLETED, lambda e: seen.append(checkpoints(tmp_path)))
+    trainer.add(saver)
+    trainer.run(DATA[:5], max_epochs=1)
+    # (seen before the saves of each iteration) the save of iteration 2 is committed when iteration 4 saves, 4's
+    # at the end of the run
+    assert seen == [[], [], [], [], ["checkpoint_000000002.dcp"]], seen
+    assert checkpoints(tmp_path) == ["checkpoint_000000002.dcp", "checkpoint_000000004.dcp"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_a_failed_async_sharded_write_raises_at_the_next_save_and_keeps_the_previous_folder(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    model, optimizer, trainer = build()
+    saver = Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=2, keep_last=3,
+                       sharded=True, async_save=True)
+    write = sharded.write_shards
+
+    def failing(tmp, path, state, group=None):
+        if "000000004" in path:
+            raise CheckpointError(f"could not write the sharded checkpoint {path}: disk gone")
+        write(tmp, path, state, group)
+
+    monkeypatch.setattr(sharded, "write_shards", failing)
+    trainer.add(saver)
+    with pytest.raises(CheckpointError, match="000000004.dcp: disk gone"):
+        trainer.run(DATA, max_epochs=1)
+    assert trainer.state.iteration == 6
+    assert checkpoints(tmp_path) == ["checkpoint_000000002.dcp"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_resume_from_async_sharded_folders_is_bit_identical(tmp_path: Path) -> None:
+    straight_model, straight_opt, _ = train(tmp_path / "straight", epochs=3)
+    _, _, cut = train(tmp_path / "cut", epochs=3, max_iterations=7, async_checkpoint=True)
+    assert checkpoints(tmp_path / "cut") == ["checkpoint_000000006.dcp", "checkpoint_000000007.dcp"]
+    model, opt, result = train(tmp_path / "cut", epochs=3, resume=True, async_checkpoint=True)
+    assert result.resumed_from.endswith("checkpoint_000000007.dcp")
+    assert states_equal(straight_model, model, straight_opt, opt)
+
+
+# ---------------------------------------------------------------------------------------------- the epoch's end
+def with_scheduler(folder: Path, epochs: int, **kwargs) -> tuple[nn.Module, torch.optim.Optimizer, ember.RunResult]:
+    """`train` with an LR schedule stepped at each epoch's end (state that a folder saved before it lacks)."""
+    model, optimizer, trainer = build()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    trainer.add_event_handler(ember.Events.EPOCH_COMPLETED, lambda _: scheduler.step())
+    result = ember.fit(trainer, DATA, max_epochs=epochs, checkpoint_dir=folder, sharded=True, progress=False,
+                       objects={"model": model, "optimizer": optimizer, "scheduler": scheduler}, **kwargs)
+    return model, optimizer, result
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_folder_saved_at_an_epochs_last_iteration_is_written_again_after_the_epoch_end(tmp_path: Path,
+                                                                                        async_save: bool) -> None:
+    model, optimizer, trainer = build()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    trainer.add_event_handler(ember.Events.EPOCH_COMPLETED, lambda _: scheduler.step())
+    saver = Checkpoint({"model": model, "optimizer": optimizer, "scheduler": scheduler}, tmp_path,
+                       every_iterations=3, keep_last=None, sharded=True, async_save=async_save)
+    trainer.add(saver)
+    pending: list[tuple[int, bool]] = []
+
+    def look(engine: ember.Engine) -> None:
+        saver.wait()
+        pending.append((engine.state.iteration, torch.load(Path(saver.last_path) / sharded.MANIFEST,
+                                                            weights_only=True)["epoch_end_pending"]))
+
+    look.ember_order = 500  # after the checkpoint
+    trainer.add_event_handler(ember.Events.ITERATION_COMPLETED(every=3), look)
+    trainer.run(DATA, max_epochs=1)
+    assert pending == [(3, False), (6, True)]  # iteration 6's folder was written before the epoch's end
+    final = torch.load(tmp_path / "checkpoint_000000006.dcp" / sharded.MANIFEST, weights_only=True)
+    assert final["epoch_end_pending"] is False and final["objects"]["scheduler"]["last_epoch"] == 1
+
+
+def test_a_folder_cut_at_an_epochs_last_iteration_resumes_through_that_end(tmp_path: Path) -> None:
+    straight_model, straight_opt, _ = with_scheduler(tmp_path / "straight", epochs=2)
+    with_scheduler(tmp_path / "cut", epochs=2, max_iterations=6)
+    manifest = torch.load(tmp_path / "cut" / "checkpoint_000000006.dcp" / sharded.MANIFEST, weights_only=True)
+    assert manifest["epoch_end_pending"] is True and manifest["objects"]["scheduler"]["last_epoch"] == 0
+    model, opt, result = with_scheduler(tmp_path / "cut", epochs=2, resume=True)
+    assert result.resumed_from.endswith("checkpoint_000000006.dcp")
+    assert opt.param_groups[0]["lr"] == straight_opt.param_groups[0]["lr"] == 0.0025
+    assert states_equal(straight_model, model, straight_opt, opt)
+
+
+def test_an_exception_in_the_epoch_end_writes_no_single_file_among_the_folders(tmp_path: Path) -> None:
+    model, optimizer, trainer = build()
+    trainer.add(Checkpoint({"model": model, "optimizer": optimizer}, tmp_path, every_iterations=4, keep_last=None,
+                           sharded=True, save_on_exception=True))
+
+    def broken(_: ember.Engine) -> None:
+        raise RuntimeError("a handler of the epoch's end failed")
+
+    trainer.add_event_handler(ember.Events.EPOCH_COMPLETED, broken)
+    with pytest.warns(RuntimeWarning, match="NOT saving after RuntimeError"), pytest.raises(RuntimeError):
+        trainer.run(DATA, max_epochs=1)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_000000004.dcp"]

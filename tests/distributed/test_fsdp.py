@@ -12,6 +12,10 @@ Marked `multiprocess_long` (about 20 launches of 1 to 4 processes): `make test` 
   slurm           2 processes started as srun would (SLURM_* variables, no torchrun); SIGUSR1 to rank 1
   two_nodes       2 torchrun "nodes" (--nnodes=2 --nproc-per-node=1, c10d rendezvous) sharing one checkpoint folder
   bf16            FSDP2 with bf16 mixed precision (float32 reductions and weights)
+  async_cut       `cut` with background saves, each write starting 0.3 s late (training goes on meanwhile);
+                  then `async_resumed` continues a copy of it
+  async_killed    background saves (writes 0.5 s late), rank 1 SIGKILLed in the write of iteration 8's save;
+                  then `async_after_kill` resumes it
 """
 
 from __future__ import annotations
@@ -122,14 +126,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     fsdp = planned(tmp, "fsdp", 2, 8)
     cut = planned(tmp, "cut", 2, 8, "--max-iterations", "7")
     one_cut = planned(tmp, "one_cut", 1, 16, "--max-iterations", "7")
-    launch([ddp, fsdp, cut, one_cut])
+    async_cut = planned(tmp, "async_cut", 2, 8, "--max-iterations", "7", "--async-save", "--write-delay", "0.3")
+    launch([ddp, fsdp, cut, one_cut, async_cut])
     cut.check()
     one_cut.check()
+    async_cut.check()
+    async_resumed = planned(tmp, "async_resumed", 2, 8, "--resume", "--async-save",
+                            ckpt=copy_run(async_cut.out / "ckpt", tmp / "ck_async"))
     resumed = planned(tmp, "resumed", 2, 8, "--resume", ckpt=copy_run(cut.out / "ckpt", tmp / "ck_resumed"))
     two_to_one = planned(tmp, "two_to_one", 1, 16, "--resume", ckpt=copy_run(cut.out / "ckpt", tmp / "ck_2to1"))
     two_to_four = planned(tmp, "two_to_four", 4, 4, "--inspect", ckpt=cut.out / "ckpt")
     one_to_two = planned(tmp, "one_to_two", 2, 8, "--inspect", ckpt=one_cut.out / "ckpt")
-    launch([resumed, two_to_one, two_to_four, one_to_two])
+    launch([resumed, two_to_one, two_to_four, one_to_two, async_resumed])
     killed = planned(tmp, "killed_save", 2, 8, "--kill-in-commit", "8")
     elastic = planned(tmp, "elastic", 2, 8, "--kill-at", "9", ckpt=None,
                       launcher=torchrun(2, "--standalone", "--max-restarts=1"))
@@ -141,16 +149,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     slurm.envs = [_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r), SLURM_JOB_NODELIST="localhost",
                        SLURM_TASKS_PER_NODE="2", MASTER_PORT=str(port)) for r in range(2)]
     bf16 = planned(tmp, "bf16", 2, 8, "--bf16")
-    launch([killed, elastic, slurm, bf16])
+    async_killed = planned(tmp, "async_killed", 2, 8, "--async-save", "--write-delay", "0.5", "--kill-in-write", "8")
+    launch([killed, elastic, slurm, bf16, async_killed])
     after_kill = planned(tmp, "after_kill", 2, 8, "--resume", ckpt=killed.out / "ckpt")
+    async_after_kill = planned(tmp, "async_after_kill", 2, 8, "--resume", "--async-save",
+                               ckpt=async_killed.out / "ckpt")
     port = free_port()
     node = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes"]
     two_nodes = planned(tmp, "two_nodes", 1, 8, launcher=torchrun(1, *node))
     two_nodes.cmds = two_nodes.cmds * 2
     two_nodes.envs = two_nodes.envs * 2
-    launch([after_kill, two_nodes])
+    launch([after_kill, two_nodes, async_after_kill])
     return {r.name: r for r in (ddp, fsdp, cut, one_cut, resumed, two_to_one, two_to_four, one_to_two, killed,
-                                after_kill, elastic, slurm, two_nodes, bf16)}
+                                after_kill, elastic, slurm, two_nodes, bf16, async_cut, async_resumed, async_killed,
+                                async_after_kill)}
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
@@ -234,3 +246,25 @@ def test_bf16_mixed_precision_trains_close_to_float32_with_float32_weights(runs:
     assert 0 < differ < 0.05, differ  # bf16 compute moves the weights a little, not a lot
     bf16_tensor = torch.tensor(runs["bf16"].result["state"]["model.0.weight"], dtype=torch.float32)
     assert not torch.equal(bf16_tensor, bf16_tensor.bfloat16().float())  # the weights themselves stay float32
+
+
+def test_background_sharded_saves_hold_the_state_of_their_step_and_resume_bit_identically(
+        runs: dict[str, Run]) -> None:
+    # async_cut's writes started 0.3 s after each save, while the ranks trained on: the folders hold the
+    # snapshots, so its state and a resume from its newest folder match the synchronous runs exactly
+    assert sorted(os.listdir(runs["async_cut"].out / "ckpt")) == ["checkpoint_000000006.dcp",
+                                                                  "checkpoint_000000007.dcp"]
+    assert_same(runs["async_cut"].state(), runs["cut"].state())
+    assert runs["async_resumed"].check()["resumed_from"].endswith("checkpoint_000000007.dcp")
+    assert_same(runs["async_resumed"].state(), runs["fsdp"].state())
+
+
+def test_a_rank_killed_in_a_background_sharded_write_leaves_the_previous_folder(runs: dict[str, Run]) -> None:
+    killed = runs["async_killed"]
+    assert killed.returncodes[0] != 0
+    result = runs["async_after_kill"].check()
+    # 8's folder was never committed; 6 was written in the background while iterations 7 and 8 changed the
+    # weights, and committed at 8's save
+    assert result["resumed_from"].endswith("checkpoint_000000006.dcp"), result["resumed_from"]
+    assert not [n for n in os.listdir(killed.out / "ckpt") if n.startswith(".tmp-")]  # removed by the resume
+    assert_same(runs["async_after_kill"].state(), runs["fsdp"].state())

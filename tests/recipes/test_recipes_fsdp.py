@@ -1,5 +1,5 @@
 """Every recipe trains under `torchrun --nproc-per-node=2 ... --strategy fsdp` (gloo on the CPU) and writes a
-sharded checkpoint folder. Marked `multiprocess_long` (`make test-long`)."""
+sharded checkpoint folder (the first recipe with --async-checkpoint). Marked `multiprocess_long` (`make test-long`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ember.recipes import RECIPES
 PROGRAM = Path(__file__).parent / "programs" / "train_cli.py"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.multiprocess_long
+ASYNC = next(iter(RECIPES))  # this one saves in the background (--async-checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, 
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(PROGRAM),
                    str(root / "cifar"), "train", name, "--strategy", "fsdp", "--device", "cpu", "--data-root",
                    str(root / data), "--epochs", "1", "--batch-size", "16", "--max-iterations", "2",
-                   "--no-tensorboard", "--no-progress", "--checkpoint-dir", str(folder)]
+                   "--no-tensorboard", "--no-progress", "--checkpoint-dir", str(folder),
+                   *(["--async-checkpoint"] if name == ASYNC else [])]
             procs[name] = (subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True), folder)
         for name, (proc, folder) in procs.items():
@@ -55,4 +57,5 @@ def test_every_recipe_trains_under_fsdp_with_sharded_checkpoints(runs: dict, nam
     rc, out, folder = runs[name]
     assert rc == 0, out[-5000:]
     assert "Distributed: 2 processes, global batch 32" in out
+    assert ("asynchronous saves hold a snapshot" in out) == (name == ASYNC)
     assert (folder / "checkpoint_000000002.dcp" / "manifest.pt").exists(), sorted(os.listdir(folder))

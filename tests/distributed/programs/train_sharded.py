@@ -3,7 +3,8 @@
 Run it under torchrun (or as Slurm would start it, or as one process). Rank 0 writes result.json: the full
 weights and Adam state (gathered here for the test's comparison only), the iteration reached, how the run
 ended and what it resumed from. Faults on request: a rank SIGKILLs itself at an iteration (on the first start
-only, so a torchelastic restart gets past it) or while committing a sharded save; a rank sends itself a signal.
+only, so a torchelastic restart gets past it), while committing a sharded save or in the background write of
+one; a rank sends itself a signal. Background writes may be delayed, so that training changes the weights first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +76,10 @@ def main() -> None:
     p.add_argument("--kill-in-commit", type=int, default=None, help="SIGKILL --fault-rank while saving this iteration")
     p.add_argument("--signal-at", type=int, default=None, help="send SIGUSR1 to --fault-rank after this iteration")
     p.add_argument("--fault-rank", type=int, default=1)
+    p.add_argument("--async-save", action="store_true", help="save in the background (async_checkpoint=True)")
+    p.add_argument("--write-delay", type=float, default=0.0, help="background writes start this late (seconds)")
+    p.add_argument("--kill-in-write", type=int, default=None,
+                   help="SIGKILL --fault-rank in the background write of this iteration's save")
     args = p.parse_args()
 
     dist.init(backend="gloo")
@@ -111,6 +117,18 @@ def main() -> None:
 
         sharded.commit = dying_commit
 
+    if args.write_delay or args.kill_in_write is not None:
+        write_shards = sharded.write_shards
+
+        def slow_or_dying_write(tmp: str, path: str, state: dict, group: object = None) -> None:
+            time.sleep(args.write_delay)  # the step goes on meanwhile, changing the live weights
+            if args.kill_in_write is not None and f"_{args.kill_in_write:09d}." in path \
+                    and dist.rank() == args.fault_rank:
+                os.kill(os.getpid(), signal.SIGKILL)
+            write_shards(tmp, path, state, group)
+
+        sharded.write_shards = slow_or_dying_write
+
     if args.inspect:
         trainer.state.epoch_length = len(loader)
         loaded = Checkpoint.resume_latest(args.ckpt, {**objects, "trainer": trainer})
@@ -119,7 +137,8 @@ def main() -> None:
         result = ember.fit(trainer, loader, max_epochs=args.epochs, objects=objects, checkpoint_dir=args.ckpt,
                            sharded=args.strategy == "fsdp",
                            resume=args.resume, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-                           progress=False, max_iterations=args.max_iterations, config={"seed": 0})
+                           progress=False, max_iterations=args.max_iterations, config={"seed": 0},
+                           async_checkpoint=args.async_save)
         report = {"resumed_from": result.resumed_from, "exit_status": result.exit_status,
                   "finished": result.finished, "checkpoint_dir": result.checkpoint_dir, "run_id": result.run_id}
     state = full_state(model, optimizer)
