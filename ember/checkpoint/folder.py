@@ -205,12 +205,7 @@ class CheckpointFolder:
             raise
         except Exception as exc:
             raise CheckpointError(self._write_failed(targets[0], step, exc)) from exc
-        if regular:
-            self.regular = [entry for entry in self.regular if entry[1] != targets[-1]] + [(step, targets[-1])]
-        if best:
-            self.best = [entry for entry in self.best if entry[2] != targets[0]] + [(score, step, targets[0])]
-        self.evict()
-        return targets[-1]
+        return self._book(step, score, targets, regular=regular, best=best)
 
     def write_sharded(self, state: dict[str, Any], payload: dict[str, Any] | None, targets: list[str], *,
                       regular: bool, best: bool) -> str:
@@ -236,6 +231,11 @@ class CheckpointFolder:
                 sharded.link_folder(targets[0], targets[1])
         except OSError as exc:
             raise CheckpointError(self._write_failed(targets[1], step, exc)) from exc
+        return self._book(step, score, targets, regular=regular, best=best)
+
+    def _book(self, step: int, score: Any, targets: list[str], *, regular: bool, best: bool) -> str:
+        """Record a written save (file or folder) in the regular and best lists, evict what retention no longer
+        keeps, and return the last name written."""
         if regular:
             self.regular = [entry for entry in self.regular if entry[1] != targets[-1]] + [(step, targets[-1])]
         if best:

@@ -56,12 +56,7 @@ def load(
         raise CorruptCheckpointError(f"checkpoint file {path} cannot be resumed from: {bad}; nothing was changed. "
                                      "Load an earlier checkpoint")
     _apply(path, objects, states, strict)
-    trainer = objects.get("trainer")
-    if isinstance(trainer, Engine) and "trainer" in states:
-        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
-    if restore_rng and "rng" in payload:
-        set_rng_state(_rng_of_this_rank(payload))
-    return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+    return _restored(path, payload, objects, states, restore_rng)
 
 
 def _load_folder(path: str, objects: Mapping[str, Any], strict: bool, restore_rng: bool) -> dict[str, Any]:
@@ -92,12 +87,7 @@ def _load_folder(path: str, objects: Mapping[str, Any], strict: bool, restore_rn
                                      "Load an earlier checkpoint")
     _apply(path, plain, states, strict)
     sharded.apply_sharded_state(dcp_objects, dcp_states)
-    trainer = objects.get("trainer")
-    if isinstance(trainer, Engine) and "trainer" in states:
-        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
-    if restore_rng and "rng" in payload:
-        set_rng_state(_rng_of_this_rank(payload))
-    return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
+    return _restored(path, payload, objects, states, restore_rng)
 
 
 def resume_latest(
@@ -327,3 +317,15 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> 
                 group[key] = was
             elif isinstance(was, (int, float)) and isinstance(now, torch.Tensor) and now.numel() == 1:
                 group[key] = type(was)(now.item())
+
+
+def _restored(path: str, payload: Mapping[str, Any], objects: Mapping[str, Any], states: Mapping[str, Any],
+              restore_rng: bool) -> dict[str, Any]:
+    """The last steps of a load, file or folder, once the objects hold the saved state: the trainer's pending
+    epoch end, this rank's RNG streams; returns what was loaded (path, step, epoch, score)."""
+    trainer = objects.get("trainer")
+    if isinstance(trainer, Engine) and "trainer" in states:
+        trainer.state.epoch_end_pending = payload.get("epoch_end_pending", False)
+    if restore_rng and "rng" in payload:
+        set_rng_state(_rng_of_this_rank(payload))
+    return {"path": path, "step": payload["step"], "epoch": payload["epoch"], "score": payload.get("score")}
