@@ -45,15 +45,15 @@ def _setting(tmp_path_factory):
     base = tmp_path_factory.mktemp("signals")
     root = write_tiny_mnist(base / "mnist")
     cli = ("cli_child.py",)
+    # Each child pauses until its test, which may come minutes later on a loaded machine, stops or kills it.
     specs = {
-        "sigterm": ((*cli, "--pause-at", "8", "--pause", "60", "--"),
+        "sigterm": ((*cli, "--pause-at", "8", "--pause", "600", "--"),
                     lenet_args(root, base / "sigterm", "fast", "--logdir", str(base / "tb")), False),
-        "sigkill": ((*cli, "--pause-at", "5", "--pause", "60", "--stuck", "--"),
+        "sigkill": ((*cli, "--pause-at", "5", "--pause", "600", "--stuck", "--"),
                     lenet_args(root, base / "sigkill", "fast", "--checkpoint-every", "1", "--no-tensorboard"), False),
-        "sigint_group": ((*cli, "--pause-at", "3", "--pause", "60", "--"),
+        "sigint_group": ((*cli, "--pause-at", "3", "--pause", "600", "--"),
                          lenet_args(root, base / "sigint_group", "dataloader", "--num-workers", "2",
                                     "--no-tensorboard"), True),
-        # Reached after three tests: its pause (cut short by the stop) must outlast them.
         "sigterm_group": ((*cli, "--pause-at", "3", "--pause", "600", "--"),
                           lenet_args(root, base / "sigterm_group", "dataloader", "--num-workers", "2",
                                      "--no-tensorboard"), True),
