@@ -352,7 +352,7 @@ class Checkpoint:
     # then the folder is a temp one, so a kill at any moment leaves the previous committed folder.
     def _submit_sharded(self, state: dict[str, Any], manifest: dict[str, Any] | None, targets: list[str], *,
                         regular: bool, best: bool) -> None:
-        group = sharded.writer_group()
+        group = dist.background_group()
         tmp = sharded.begin(targets[0])
 
         def write(snapshot: dict[str, Any]) -> None:

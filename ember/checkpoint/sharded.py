@@ -146,24 +146,6 @@ def write_shards(tmp: str, path: str, state: Mapping[str, Any], group: Any = Non
                               "checkpoints are untouched") from None
 
 
-_WRITER_GROUP: dict[int, Any] = {}  # id(default group) -> its writers' group
-
-
-def writer_group() -> Any:
-    """A gloo process group of every rank for writes in a background thread (their collectives must not
-    interleave with the training step's on the default group); None when not distributed. Made on the first
-    call under a default group, which is therefore collective."""
-    if not dist.is_enabled():
-        return None
-    import torch.distributed
-
-    world = id(torch.distributed.group.WORLD)
-    if world not in _WRITER_GROUP:
-        _WRITER_GROUP.clear()
-        _WRITER_GROUP[world] = torch.distributed.new_group(backend="gloo")
-    return _WRITER_GROUP[world]
-
-
 def begin(path: str) -> str:
     """The temp folder next to `path` that the shards go into, made by rank 0 and the same on every rank."""
     tmp = temp_path(path) if dist.is_main() else None

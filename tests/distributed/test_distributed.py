@@ -245,20 +245,29 @@ def _gloo_worker_threads() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the process's threads")
-def test_cleanup_ends_the_groups_worker_threads_while_python_runs(tmp_path: Path) -> None:
-    """A gloo worker left to interpreter shutdown aborts some exits (SIGABRT): cleanup() must end the workers."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_cleanup_ends_the_groups_worker_threads_while_python_runs(tmp_path: Path, strategy: str) -> None:
+    """A gloo worker left to interpreter shutdown aborts some exits (SIGABRT): cleanup() must end the workers of
+    every group, even those that live objects still hold: the DDP wrapper, FSDP2's modules and DTensors (through
+    their DeviceMesh and mesh infos), a mesh the user made, the background group of sharded saves."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    net = nn.Linear(2, 2)
-    model = dist.wrap_model(net, "cpu")
-    assert isinstance(model, nn.parallel.DistributedDataParallel)
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model = dist.wrap_model(net, "cpu", strategy=strategy)
+    user_mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("a", "b"))
     model(torch.ones(3, 2)).sum().backward()
     dist.gather_object({"rank": dist.rank()})
+    torch_dist.broadcast_object_list([1], group=dist.background_group())
+    torch_dist.barrier(group=user_mesh.get_group("b"))
     dist.barrier()
     assert _gloo_worker_threads() > 0
     dist.cleanup()
     assert not dist.is_enabled()
     assert _gloo_worker_threads() == 0
-    assert dist.unwrap(model) is net and net(torch.ones(1, 2)).shape == (1, 2)
+    if strategy == "ddp":
+        assert dist.unwrap(model) is net and net(torch.ones(1, 2)).shape == (1, 2)
+    assert len(model.state_dict()) == 4  # an FSDP2 model still holds its shards
 
 
 def test_world_size_without_torchrun_variables_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
