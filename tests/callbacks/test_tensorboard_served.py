@@ -164,18 +164,20 @@ def hparams_tags(folder: Path) -> set[str]:
         return set()
 
 
-def test_ember_board_prints_its_url_and_refuses_a_taken_port(served):
+def test_ember_board_prints_its_url_and_refuses_a_taken_port(served, capsys):
     assert served["url_line"].strip().endswith(f"at http://127.0.0.1:{served['port']}/ (Ctrl-C to stop)")
     port = served["port"]
     assert f"ssh -L {port}:127.0.0.1:{port} " in served["hint_line"], "how to reach it from another machine"
-    taken = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"]), "--port",
-                            str(served["port"])], capture_output=True, text=True, timeout=60)
-    assert taken.returncode == 1 and taken.stdout == ""
-    assert taken.stderr.splitlines() == [f"ember board: error: port {served['port']} on 127.0.0.1 is taken "
-                                         "(another TensorBoard?); pass --port with a free one"]
-    missing = subprocess.run([sys.executable, "-m", "ember", "board", str(served["runs"] / "nothing")],
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1 and "is not a folder" in missing.stderr
+    # the served board is another process; `ember board` is asked here, in this one
+    capsys.readouterr()
+    assert main(["board", str(served["runs"]), "--port", str(served["port"])]) == 1
+    taken = capsys.readouterr()
+    assert taken.out == ""
+    assert taken.err.splitlines() == [f"ember board: error: port {served['port']} on 127.0.0.1 is taken "
+                                      "(another TensorBoard?); pass --port with a free one"]
+    assert main(["board", str(served["runs"] / "nothing")]) == 1
+    missing = capsys.readouterr().err
+    assert len(missing.splitlines()) == 1 and "is not a folder" in missing
 
 
 def test_one_entry_per_run_with_train_and_val_charts_side_by_side(served):

@@ -1,13 +1,14 @@
 """Promise 1: whole checkpoints under kill -9.
 
 A fork server (programs/kill_server.py) runs a small shuffled Dropout training that checkpoints
-every iteration; the test SIGKILLs it 15 times at seeded moments (random times, and inside a save: half-way
-through writing the temp file, before the rename, between the rename and the eviction, just after the save)
-under three keep settings (keep-last 1; keep-last 1 + best-2 by a score with NaN/Inf; best-1 only). After
+every iteration; the test SIGKILLs it 5 times per keep setting at seeded moments (random times, and inside a
+save: half-way through writing the temp file, before the rename, between the rename and the eviction, just after
+the save) under three keep settings (keep-last 1; keep-last 1 + best-2 by a score with NaN/Inf; best-1 only). After
 each kill every file with a checkpoint's name loads whole, `Checkpoint.latest` finds the newest save that
 had returned, and the next run resumes from it and removes the dead run's temp files; the runs that finish
 equal an uninterrupted run bit for bit. The campaign and the fsync order run twice: with synchronous saves and
-with `async_save=True`, where the kills stop the background writer thread while training goes on.
+with `async_save=True`, where the kills stop the background writer thread while training goes on. `make test`
+runs one keep setting with each kind of save (10 kills); the multiprocess_long marker runs the other four pairs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from ember.callbacks import Checkpoint
 from ember.steps import create_trainer
 
 KINDS = ("write", "rename", "evict", "saved", "time")
-CONFIGS = ("last", "best", "best_only")
 TOTAL_ITERATIONS = 32
 
 
@@ -78,15 +78,26 @@ def step_of(path: str | None) -> int | None:
     return None if path is None else int(load_payload(path)["step"])
 
 
-@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
-def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path, background):
+LONG = pytest.mark.multiprocess_long
+# Each keep setting gets the five kinds of kill with either kind of save: `make test` runs one setting per kind
+# of save, the multiprocess_long marker the other four (30 kills in all).
+CAMPAIGNS = [
+    pytest.param(False, ("best",), id="sync-best"),
+    pytest.param(True, ("best_only",), id="async-best_only"),
+    pytest.param(False, ("last", "best_only"), id="sync-last-best_only", marks=LONG),
+    pytest.param(True, ("last", "best"), id="async-last-best", marks=LONG),
+]
+
+
+@pytest.mark.parametrize("background, configs", CAMPAIGNS)
+def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path, background, configs):
     rng = random.Random(20240611)
     kills = 0
     with Child(python("kill_server.py"), stdin=True) as child:
         server = KillServer(child, background)
         straight = server.finish(tmp_path / "straight", "last", tmp_path / "straight.pt", background=False)
         assert straight["iteration"] == TOTAL_ITERATIONS
-        for config in CONFIGS:
+        for config in configs:
             folder = tmp_path / config
             kinds = list(KINDS)
             rng.shuffle(kinds)
@@ -136,7 +147,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path
                 expected_resume = step_of(latest) or 0
             finished = server.finish(folder, config, tmp_path / f"{config}.pt")
             assert_same(straight, finished, f"{config}: resumed after {len(kinds)} kills vs uninterrupted")
-    assert kills >= 15
+    assert kills == len(KINDS) * len(configs)
 
 
 def _event(line: str) -> dict:

@@ -4,7 +4,7 @@ SIGTERM (to the process, or to the whole process group as scancel does) and SIGI
 group, DataLoader workers included, as a terminal's Ctrl-C does) finish the current iteration, write a
 checkpoint, flush and close TensorBoard and exit with 128 + the signal; a second SIGINT aborts at once; after
 SIGKILL the checkpoint of the last reported iteration is there. Each interrupted run is resumed with
-`--resume` and equals an uninterrupted one bit for bit. The four children of the module's fixture are
+`--resume` and equals an uninterrupted one bit for bit. The five children of the module's fixture are
 started together so that their start-up (Python + torch) overlaps.
 """
 
@@ -37,7 +37,7 @@ def lenet_args(root: Path, folder: Path, path: str = "fast", *extra: str) -> lis
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, offline_data_for_module):
-    """Data, the four children (started at once), and uninterrupted runs of both data paths."""
+    """Data, the five children (started at once), and uninterrupted runs of both data paths."""
     yield from _setting(tmp_path_factory)
 
 
@@ -45,14 +45,18 @@ def _setting(tmp_path_factory):
     base = tmp_path_factory.mktemp("signals")
     root = write_tiny_mnist(base / "mnist")
     cli = ("cli_child.py",)
+    # Each child pauses until its test, which may come minutes later on a loaded machine, stops or kills it.
     specs = {
-        "sigterm": ((*cli, "--pause-at", "8", "--pause", "60", "--"),
+        "sigterm": ((*cli, "--pause-at", "8", "--pause", "600", "--"),
                     lenet_args(root, base / "sigterm", "fast", "--logdir", str(base / "tb")), False),
-        "sigkill": ((*cli, "--pause-at", "5", "--pause", "60", "--stuck", "--"),
+        "sigkill": ((*cli, "--pause-at", "5", "--pause", "600", "--stuck", "--"),
                     lenet_args(root, base / "sigkill", "fast", "--checkpoint-every", "1", "--no-tensorboard"), False),
-        "sigint_group": ((*cli, "--pause-at", "3", "--pause", "60", "--"),
+        "sigint_group": ((*cli, "--pause-at", "3", "--pause", "600", "--"),
                          lenet_args(root, base / "sigint_group", "dataloader", "--num-workers", "2",
                                     "--no-tensorboard"), True),
+        "sigterm_group": ((*cli, "--pause-at", "3", "--pause", "600", "--"),
+                          lenet_args(root, base / "sigterm_group", "dataloader", "--num-workers", "2",
+                                     "--no-tensorboard"), True),
         # Started with the others but reached last: its stuck handler must outlast the module's earlier tests.
         "double_sigint": ((*cli, "--pause-at", "3", "--pause", "900", "--stuck", "--"),
                           lenet_args(root, base / "double_sigint", "fast", "--checkpoint-every", "2",
@@ -127,14 +131,10 @@ def test_sigint_to_the_process_group_with_dataloader_workers(setting):
 def test_sigterm_to_the_process_group_kills_the_workers_but_the_run_still_stops_cleanly(setting):
     """What scancel and preempting schedulers do: the DataLoader workers die of the SIGTERM too."""
     folder = setting["base"] / "sigterm_group"
-    argv = lenet_args(setting["root"], folder, "dataloader", "--num-workers", "2", "--no-tensorboard")
-    child = Child(python("cli_child.py", "--pause-at", "3", "--pause", "60", "--", *argv), new_session=True)
-    try:
-        child.wait_for(lambda line: line == "PAUSE 3")
-        child.signal(signal.SIGTERM, group=True)
-        assert child.wait() == 143, child.describe()
-    finally:
-        child.close()
+    child = setting["children"]["sigterm_group"]
+    child.wait_for(lambda line: line == "PAUSE 3")
+    child.signal(signal.SIGTERM, group=True)
+    assert child.wait() == 143, child.describe()
     assert "Stopped by SIGTERM at epoch 1, iteration 3" in child.stdout, child.describe()
     assert "Traceback" not in child.stderr and "worker" not in child.stderr, child.describe()
     assert load_payload(Checkpoint.latest(folder))["step"] == 3

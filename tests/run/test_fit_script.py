@@ -1,17 +1,22 @@
 """The run guarantees hold for a plain script: tests/run/programs/user_script.py, a user's own model and
-DataLoader around `ember.fit`, run as child processes (started together so that their start-up overlaps).
+DataLoader around `ember.fit`, run as child processes (started together so that their start-up overlaps) where
+the test is about a process (signals, exit statuses); the uninterrupted run and the resumes, which are about the
+states only, run the same script in this process (`run_here`).
 
 Graceful stop on SIGTERM, SIGINT, SIGHUP and SIGUSR1 (finish the iteration, checkpoint, exit 128 + signal), exact
 resume of the same run, a second Ctrl-C that aborts in one line, a signal during the last evaluation of a
 finished run (exit 0), a NaN loss (exit 1, last good checkpoint kept), and a process-group SIGTERM with
-DataLoader workers, 20 runs out of 20.
+DataLoader workers (4 runs in `make test`, 20 runs out of 20 under the multiprocess_long marker).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import random
 import re
+import runpy
 import signal
 import sys
 import time
@@ -40,19 +45,13 @@ def script(folder: Path, *flags: str) -> list[str]:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fit")
     specs = {
-        "straight": (script(base / "straight"), False),
         **{name: (script(base / name, "--pause-at", "4"), False) for name in SIGNALS},
         "async": (script(base / "async", "--pause-at", "4", "--async-checkpoint"), False),
         "double": (script(base / "double", "--pause-at", "7", "--stuck"), True),
         "last_eval": (script(base / "last_eval", "--pause-in-last-epoch-end"), False),
         "nan": (script(base / "nan", "--nan-at", "8"), False),
-        **{f"group{g}": ([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(base / f"group{g}"), "5"], True)
-           for g in range(4)},
-        "group_plain": ([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(base / "plain"), "2", "--plain"],
-                        True),
     }
-    children = {name: Child(cmd, new_session=group, stdin=name.startswith("group")) for name, (cmd, group) in
-                specs.items()}
+    children = {name: Child(cmd, new_session=group) for name, (cmd, group) in specs.items()}
     try:
         yield {"base": base, "children": children}
     finally:
@@ -64,9 +63,33 @@ def final_state(folder: Path) -> dict:
     return load_payload(Checkpoint.latest(folder))
 
 
+def run_here(folder: Path, *flags: str) -> tuple[int, str]:
+    """user_script.py run in this process (exit status, stdout), with one thread as the children (child_env), so
+    that a run split between a child and this process matches bit for bit."""
+    out, threads, argv = io.StringIO(), torch.get_num_threads(), sys.argv
+    torch.set_num_threads(1)
+    sys.argv = [str(PROGRAMS / "user_script.py"), str(folder), *flags]
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+    return exited.value.code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def straight(runs) -> dict:
+    """The final checkpoint of an uninterrupted run."""
+    folder = runs["base"] / "straight"
+    code, out = run_here(folder)
+    assert code == 0, out
+    return final_state(folder)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SIGNALS))
-def test_each_stop_signal_finishes_the_iteration_checkpoints_and_a_rerun_resumes_exactly(runs, name):
+def test_each_stop_signal_finishes_the_iteration_checkpoints_and_a_rerun_resumes_exactly(runs, straight, name):
     child = runs["children"][name]
     child.wait_for(lambda line: line == "PAUSE 4")
     child.signal(getattr(signal, name))
@@ -78,20 +101,17 @@ def test_each_stop_signal_finishes_the_iteration_checkpoints_and_a_rerun_resumes
     if name != "SIGTERM":
         return  # one rerun is enough to show the resume: the stop is the same for every signal
 
-    straight = runs["children"]["straight"]
-    assert straight.wait() == 0, straight.describe()
-    rerun = Child(script(folder))
-    assert rerun.wait() == 0, rerun.describe()
-    assert "Resumed from" in rerun.stdout and "epoch 1, iteration 4" in rerun.stdout, rerun.describe()
-    resumed, expected = final_state(folder), final_state(runs["base"] / "straight")
-    assert resumed["step"] == expected["step"] == STEPS
+    code, out = run_here(folder)
+    assert code == 0 and "Resumed from" in out and "epoch 1, iteration 4" in out, out
+    resumed = final_state(folder)
+    assert resumed["step"] == straight["step"] == STEPS
     for part in ("model", "optimizer", "trainer"):
-        assert_same(expected["objects"][part], resumed["objects"][part], part)
+        assert_same(straight["objects"][part], resumed["objects"][part], part)
     assert resumed["objects"]["run"]["config"] == {"lr": 0.1, "max_epochs": 2}
 
 
 @pytest.mark.slow
-def test_sigterm_with_async_checkpoints_waits_for_the_save_in_flight_and_resumes_exactly(runs):
+def test_sigterm_with_async_checkpoints_waits_for_the_save_in_flight_and_resumes_exactly(runs, straight):
     child = runs["children"]["async"]
     child.wait_for(lambda line: line == "PAUSE 4")
     child.signal(signal.SIGTERM)
@@ -102,14 +122,12 @@ def test_sigterm_with_async_checkpoints_waits_for_the_save_in_flight_and_resumes
         child.describe()
     assert "Traceback" not in child.stderr and child.stderr.count("asynchronous saves hold a snapshot") == 1
     assert final_state(folder)["step"] == 4
-    straight = runs["children"]["straight"]
-    assert straight.wait() == 0, straight.describe()
-    rerun = Child(script(folder, "--async-checkpoint"))
-    assert rerun.wait() == 0, rerun.describe()
-    resumed, expected = final_state(folder), final_state(runs["base"] / "straight")
-    assert resumed["step"] == expected["step"] == STEPS
+    code, out = run_here(folder, "--async-checkpoint")
+    assert code == 0 and "Resumed from" in out, out
+    resumed = final_state(folder)
+    assert resumed["step"] == straight["step"] == STEPS
     for part in ("model", "optimizer", "trainer"):
-        assert_same(expected["objects"][part], resumed["objects"][part], part)
+        assert_same(straight["objects"][part], resumed["objects"][part], part)
 
 
 @pytest.mark.slow
@@ -161,16 +179,27 @@ def stop_runs_by_group_sigterm(child: Child, tries: int, seed: int) -> list[list
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("names, tries", [([f"group{g}" for g in range(4)], 5), (["group_plain"], 2)])
-def test_process_group_sigterm_with_dataloader_workers_stops_every_run_with_a_checkpoint(runs, names, tries):
-    """The workers die of the same SIGTERM (group_plain) or ignore it (make_loader's); either way 143. The 20
-    runs with make_loader's workers are 4 processes of 5 runs each, driven at once (a stopped DataLoader may
-    wait seconds for its workers, idle time that the other processes use)."""
-    children = [runs["children"][name] for name in names]
-    with concurrent.futures.ThreadPoolExecutor(len(children)) as pool:
-        results = [r for rs in pool.map(stop_runs_by_group_sigterm, children, [tries] * len(children),
-                                         range(len(children))) for r in rs]
-    assert len(results) == tries * len(children)
+@pytest.mark.parametrize("processes, tries, plain", [
+    pytest.param(2, 2, False, id="make_loader-4-runs"),
+    pytest.param(1, 1, True, id="plain-1-run"),
+    pytest.param(4, 5, False, id="make_loader-20-runs", marks=pytest.mark.multiprocess_long),
+    pytest.param(1, 2, True, id="plain-2-runs", marks=pytest.mark.multiprocess_long),
+])
+def test_process_group_sigterm_with_dataloader_workers_stops_every_run_with_a_checkpoint(tmp_path, processes, tries,
+                                                                                         plain):
+    """The workers die of the same SIGTERM (plain) or ignore it (make_loader's); either way 143. The runs are
+    `processes` processes of `tries` runs each, driven at once (a stopped DataLoader may wait seconds for its
+    workers, idle time that the other processes use): 4 runs in `make test`, 20 under multiprocess_long."""
+    children = [Child([sys.executable, str(PROGRAMS / "group_sigterm.py"), str(tmp_path / f"group{g}"), str(tries),
+                       *(["--plain"] if plain else [])], new_session=True, stdin=True) for g in range(processes)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(processes) as pool:
+            results = [r for rs in pool.map(stop_runs_by_group_sigterm, children, [tries] * processes,
+                                             range(processes)) for r in rs]
+    finally:
+        for child in children:
+            child.close()
+    assert len(results) == tries * processes
     assert all(status == "143" and stop == step for status, stop, step in results), results
 
 
