@@ -1,7 +1,5 @@
 """The run guarantees hold for a plain script: tests/run/programs/user_script.py, a user's own model and
-DataLoader around `ember.fit`, run as child processes (started together so that their start-up overlaps) where
-the test is about a process (signals, exit statuses); the uninterrupted run and the resumes, which are about the
-states only, run the same script in this process (`run_here`).
+DataLoader around `ember.fit`, run as child processes (started together so that their start-up overlaps).
 
 Graceful stop on SIGTERM, SIGINT, SIGHUP and SIGUSR1 (finish the iteration, checkpoint, exit 128 + signal), exact
 resume of the same run, a second Ctrl-C that aborts in one line, a signal during the last evaluation of a
@@ -12,11 +10,8 @@ DataLoader workers (4 runs in `make test`, 20 runs out of 20 under the multiproc
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import io
 import random
 import re
-import runpy
 import signal
 import sys
 import time
@@ -45,6 +40,7 @@ def script(folder: Path, *flags: str) -> list[str]:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fit")
     specs = {
+        "straight": (script(base / "straight"), False),
         **{name: (script(base / name, "--pause-at", "4"), False) for name in SIGNALS},
         "async": (script(base / "async", "--pause-at", "4", "--async-checkpoint"), False),
         "double": (script(base / "double", "--pause-at", "7", "--stuck"), True),
@@ -63,28 +59,19 @@ def final_state(folder: Path) -> dict:
     return load_payload(Checkpoint.latest(folder))
 
 
-def run_here(folder: Path, *flags: str) -> tuple[int, str]:
-    """user_script.py run in this process (exit status, stdout), with one thread as the children (child_env), so
-    that a run split between a child and this process matches bit for bit."""
-    out, threads, argv = io.StringIO(), torch.get_num_threads(), sys.argv
-    torch.set_num_threads(1)
-    sys.argv = [str(PROGRAMS / "user_script.py"), str(folder), *flags]
-    try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
-            runpy.run_path(sys.argv[0], run_name="__main__")
-    finally:
-        sys.argv = argv
-        torch.set_num_threads(threads)
-    return exited.value.code, out.getvalue()
+def rerun(folder: Path, *flags: str) -> Child:
+    """user_script.py started again on `folder`, in a child process. Not in this process: its
+    DataLoader workers would be forked from pytest's threads, and such a worker may hang, stalling whatever test
+    collects the loader (40 s of worker joins)."""
+    return Child(script(folder, *flags))
 
 
 @pytest.fixture(scope="module")
 def straight(runs) -> dict:
-    """The final checkpoint of an uninterrupted run."""
-    folder = runs["base"] / "straight"
-    code, out = run_here(folder)
-    assert code == 0, out
-    return final_state(folder)
+    """The final checkpoint of an uninterrupted run (started with the other children)."""
+    child = runs["children"]["straight"]
+    assert child.wait() == 0, child.describe()
+    return final_state(runs["base"] / "straight")
 
 
 @pytest.mark.slow
@@ -101,8 +88,9 @@ def test_each_stop_signal_finishes_the_iteration_checkpoints_and_a_rerun_resumes
     if name != "SIGTERM":
         return  # one rerun is enough to show the resume: the stop is the same for every signal
 
-    code, out = run_here(folder)
-    assert code == 0 and "Resumed from" in out and "epoch 1, iteration 4" in out, out
+    again = rerun(folder)
+    assert again.wait() == 0, again.describe()
+    assert "Resumed from" in again.stdout and "epoch 1, iteration 4" in again.stdout, again.describe()
     resumed = final_state(folder)
     assert resumed["step"] == straight["step"] == STEPS
     for part in ("model", "optimizer", "trainer"):
@@ -122,8 +110,8 @@ def test_sigterm_with_async_checkpoints_waits_for_the_save_in_flight_and_resumes
         child.describe()
     assert "Traceback" not in child.stderr and child.stderr.count("asynchronous saves hold a snapshot") == 1
     assert final_state(folder)["step"] == 4
-    code, out = run_here(folder, "--async-checkpoint")
-    assert code == 0 and "Resumed from" in out, out
+    again = rerun(folder, "--async-checkpoint")
+    assert again.wait() == 0 and "Resumed from" in again.stdout, again.describe()
     resumed = final_state(folder)
     assert resumed["step"] == straight["step"] == STEPS
     for part in ("model", "optimizer", "trainer"):
