@@ -394,22 +394,23 @@ def cleanup() -> None:
     """
     if not is_enabled():
         return
-    _BACKGROUND_GROUP.clear()
     _let_go_of_groups()
     dist.destroy_process_group()
     _sync_ignite()
 
 
 def _let_go_of_groups() -> None:
-    """Drop the references that live objects keep to the process groups: the reducer and `process_group` of the
-    DDP wrappers `wrap_model` made, and of every DeviceMesh and FSDP2 mesh info (whoever made them) their
-    groups. torch 2.14 keeps them in these private attributes; tests/distributed/test_distributed.py counts the
-    worker threads left, so a torch that holds groups elsewhere fails that test rather than some exits."""
+    """Drop the references that live objects keep to the process groups: the `background_group`, the reducer and
+    `process_group` of the DDP wrappers `wrap_model` made, and the groups of every DeviceMesh and FSDP2 mesh
+    info (whoever made them). torch 2.14 keeps them in these private attributes;
+    tests/distributed/test_distributed.py counts the worker threads left, so a torch that holds groups
+    elsewhere fails that test rather than some exits."""
     import gc
 
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp._fully_shard._fsdp_common import DataParallelMeshInfo
 
+    _BACKGROUND_GROUP.clear()
     for wrapped in list(_WRAPPED):
         if hasattr(wrapped, "reducer"):
             wrapped.logger = None  # the C++ logger holds the reducer too
