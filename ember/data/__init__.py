@@ -19,7 +19,7 @@ from ember.data.datasets import (
     prepare_idx,
 )
 from ember.data.device_loader import DeviceLoader, dataset_tensors, resize_images
-from ember.data.loader import ignore_stop_signals, make_loader, torchvision_transform
+from ember.data.loader import ignore_stop_signals, make_loader, release_workers, torchvision_transform
 from ember.data.sampler import EpochSampler, epoch_indices
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "make_loader",
+    "release_workers",
     "prepare_idx",
     "resize_images",
     "torchvision_transform",

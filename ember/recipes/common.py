@@ -23,7 +23,7 @@ from ember.callbacks import TensorBoardLogger
 from ember.callbacks.correct_counter import CorrectCounter
 from ember.callbacks.eval_pictures import EvalPictures
 from ember.callbacks.tensorboard_logger import run_name
-from ember.data import load_dataset, make_loader
+from ember.data import load_dataset, make_loader, release_workers
 from ember.engine import Engine
 from ember.recipes.flags import GLOBAL_BATCH, MAY_DIFFER, NOT_HPARAMS, NOT_SAVED
 from ember.recipes.precision import slow_amp_warning
@@ -84,6 +84,7 @@ class RunContext:
         seed_everything(args.seed)
         self.classes: list[str] | None = None
         self.correct: CorrectCounter | None = None
+        self._loaders: list[Any] = []
 
     def dataset(self, train: bool, name: str | None = None) -> Any:
         """The recipe's dataset (or `name`), found as the data flags say; its class names are kept for pictures."""
@@ -95,7 +96,7 @@ class RunContext:
                normalize: tuple | None = None, resize: int | None = None, name: str | None = None) -> Any:
         """A loader over the train or test split, on the fast data path or the seed's DataLoader."""
         args = self.args
-        return make_loader(
+        loader = make_loader(
             self.dataset(train, name),
             batch_size=batch_size or args.batch_size,
             shuffle=self.recipe.shuffle if shuffle is None else shuffle,
@@ -108,6 +109,8 @@ class RunContext:
             num_replicas=dist.world_size() if train else 1,
             rank=dist.rank() if train else 0,
         )
+        self._loaders.append(loader)
+        return loader
 
     def model(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
         """Move the model to the device (in channels-last format with --channels-last) and wrap it for DDP
@@ -179,7 +182,10 @@ class RunContext:
         return result.exit_status
 
     def close(self) -> None:
-        """Let go of the run folder's lock; a folder made for a run that never saved is removed."""
+        """End the loaders' worker processes and let go of the run folder's lock; a folder made for a run that
+        never saved is removed."""
+        for loader in self._loaders:
+            release_workers(loader)
         if self.run is not None and dist.is_main():
             self.run.close()
 

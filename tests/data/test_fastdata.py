@@ -1,6 +1,8 @@
 """The fast data path: exact equality with torchvision's transforms, seeded order, resume, sharding."""
 
+import gc
 import io
+import multiprocessing
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from ember.data import (
     dataset_tensors,
     epoch_indices,
     make_loader,
+    release_workers,
     torchvision_transform,
 )
 from ember.engine import Engine, Events
@@ -184,6 +187,23 @@ def test_skip_batches_resumes_exactly_the_remaining_batches_once():
     assert all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
     loader.set_epoch(4)
     assert len(list(loader)) == len(full), "skip applies to the next iteration only"
+
+
+def test_release_workers_ends_a_loaders_persistent_workers_at_once(fashion):
+    before = set(multiprocessing.active_children())
+    loader = make_loader(fashion, 50, path="dataloader", num_workers=2)
+    gc.disable()  # the loader's workers must end without the cyclic collector's help
+    try:
+        first = [y for _, y in loader]
+        assert len(set(multiprocessing.active_children()) - before) == 2, "make_loader's workers persist"
+        release_workers(loader)
+        assert set(multiprocessing.active_children()) - before == set()
+        assert all(torch.equal(a, b) for a, b in zip([y for _, y in loader], first)), "new workers start on demand"
+        release_workers(loader)
+        release_workers(make_loader(fashion, 50, path="fast"))  # nothing to end: a no-op
+    finally:
+        gc.enable()
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 def test_skip_samples_resumes_the_dataloader_path_exactly(fashion):

@@ -4,6 +4,8 @@ differing one), fewer --epochs than done, Ctrl-C and its resume, and errors in t
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 import re
 import signal
@@ -111,6 +113,18 @@ def test_ctrl_c_stops_without_done_and_the_resume_names_the_same_epoch(capsys, m
     rc, out, err = train(capsys, "--resume", "--no-tensorboard")
     assert rc == 0, err
     assert re.search(r"^Resumed from \S+ at epoch 2, iteration 6\.$", out, re.M) and out.endswith("Done!\n"), out
+
+
+def test_a_run_on_dataloader_workers_ends_them_when_it_returns(capsys):
+    before = set(multiprocessing.active_children())
+    gc.disable()  # the run's loaders sit in reference cycles: their workers must end without the collector
+    try:
+        rc, out, err = train(capsys, "--data-path", "dataloader", "--num-workers", "2", "--max-iterations", "6",
+                             "--no-tensorboard", "--no-progress")  # stopped mid-epoch: its iterator not run out
+        assert rc == 0, err
+        assert set(multiprocessing.active_children()) - before == set(), "workers outlived the run"
+    finally:
+        gc.enable()
 
 
 def test_cli_errors_speak_in_flags(capsys):
