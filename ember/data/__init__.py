@@ -40,8 +40,8 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "make_loader",
-    "release_workers",
     "prepare_idx",
+    "release_workers",
     "resize_images",
     "torchvision_transform",
 ]
