@@ -4,14 +4,17 @@ One run of ember's trainer on an MLP of `--parameters` weights (SGD with momentu
 big as the model) is cut into windows of the same number of steps. In a `sync` window the first step saves
 synchronously, in an `async` window it saves in the background, in a `none` window nothing is saved; the
 windows are interleaved (the order rotates each repeat) and the writer is idle at each window's start. The
-stall of a save is its window's time minus the `none` window's of the same repeat: what training lost, the
-waits for a save in flight and the steps slowed by the writer thread included. A window is long enough for
-the background write to end inside it (`async_write_done_in_window` says whether it did). Also reported: the
-save call's own time (what the step blocks on) and the write's wall time (serialise, write, fsync, check,
-rename). Medians with min..max. Run from the repository root:
+window is calibrated to outlast the background write; when a write takes longer than that (a busy disk or
+CPU), its window goes on stepping until the write has ended, so that every window holds its whole save. The
+stall of a save is its window's time minus as many steps of the `none` window of the same repeat: what
+training lost, the waits for a save in flight and the steps slowed by the writer thread included
+(`async_write_done_in_window` says whether every background write ended within the planned steps, and
+`async_extra_steps` how many steps the windows added). Also reported: the save call's own time (what the
+step blocks on) and the write's wall time (serialise, write, fsync, check, rename). Medians with min..max.
+Run from the repository root:
 
     .venv/bin/python -m benchmarks.checkpoint_stall [--parameters 100e6] [--repeats 3] [--device cpu|cuda]
-        [--dir bench-stall] [--json out.json]
+        [--threads N] [--dir bench-stall] [--json out.json]
 """
 
 from __future__ import annotations
@@ -85,11 +88,12 @@ class Windows:
             self.save_call = time.perf_counter() - begin
         if self.step_in_window < self.steps:
             return
-        end = self.clock()
         writer = self.ckpts["async"]._writer
-        done = writer is not None and not writer.busy
-        self.results.append({"mode": mode, "window_s": end - self.start, "save_call_s": self.save_call if mode != "none"
-                             else 0.0, "async_write_done": done if mode == "async" else None})
+        if mode == "async" and writer is not None and writer.busy:
+            return  # the window holds its whole save: it steps on until the background write has ended
+        end = self.clock()
+        self.results.append({"mode": mode, "window_s": end - self.start, "steps": self.step_in_window,
+                             "save_call_s": self.save_call if mode != "none" else 0.0})
         for ckpt in self.ckpts.values():  # the writer idle before the next window starts its clock
             ckpt.wait()
         self.index += 1
@@ -102,7 +106,9 @@ def run(trainer: Any, windows: Windows, batch: tuple[torch.Tensor, torch.Tensor]
     handles = [trainer.add_event_handler(Events.STARTED, windows.started),
                trainer.add_event_handler(Events.ITERATION_COMPLETED, windows)]
     trainer.state.max_epochs = None  # a fresh run each time
-    trainer.run([batch], max_epochs=10**6)
+    # one epoch as long as the plan needs: a save on an epoch's last iteration is written again at the epoch's
+    # end (docs/checkpoints.md, "Exact at an epoch's end"), and this measures the save of any other iteration
+    trainer.run([batch], max_epochs=1, epoch_length=10**9)
     for handle in handles:
         handle.remove()
 
@@ -146,18 +152,22 @@ def measure(parameters: float, repeats: int, folder: str, device: torch.device,
     run(trainer, windows, batch)
 
     by_mode = {mode: [r for r in windows.results if r["mode"] == mode] for mode in MODES}
-    none = [r["window_s"] for r in by_mode["none"]]
-    stalls = {mode: [r["window_s"] - n for r, n in zip(by_mode[mode], none)] for mode in ("sync", "async")}
+    none = [r["window_s"] / r["steps"] for r in by_mode["none"]]  # a step's time without saves, per repeat
+    stalls = {mode: [r["window_s"] - r["steps"] * n for r, n in zip(by_mode[mode], none)]
+              for mode in ("sync", "async")}
+    extra_steps = sum(r["steps"] - window_steps for r in by_mode["async"])
     report: dict[str, Any] = {
         "parameters": count, "device": str(device), "repeats": repeats, "window_steps": window_steps,
         "batch": BATCH, "optimizer": "SGD(momentum=0.9)",
         "checkpoint_bytes": os.path.getsize(ckpts["sync"].last_path or ""),
         "snapshot_bytes": ckpts["async"]._snapshot.nbytes,
-        "step_s": spread([n / window_steps for n in none]),
+        "step_s": spread(none),
         "stall_s": {mode: spread(v) for mode, v in stalls.items()},
         "save_call_s": {mode: spread([r["save_call_s"] for r in by_mode[mode]]) for mode in ("sync", "async")},
         "write_s": {mode: spread(v) for mode, v in writes.items()},
-        "async_write_done_in_window": all(r["async_write_done"] for r in by_mode["async"]),
+        "writes": {mode: len(v) for mode, v in writes.items()},  # one per window: each save written once
+        "async_write_done_in_window": extra_steps == 0, "async_extra_steps": extra_steps,
+        "windows": windows.results,
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.platform(), "cpus": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -175,13 +185,15 @@ def table(report: dict[str, Any]) -> str:
 
     lines = [f"{report['parameters']:,} parameters on {report['device']}, checkpoint {report['checkpoint_bytes']:,} "
              f"bytes, snapshot {report['snapshot_bytes']:,} bytes; windows of {report['window_steps']} steps, step "
-             f"{cell(report['step_s'])} s; {report['repeats']} interleaved repeats", ""]
+             f"{cell(report['step_s'])} s; {report['repeats']} interleaved repeats; {report['threads']} training "
+             f"threads on {report['cpus']} CPUs", ""]
     rows = [[mode, cell(report["stall_s"][mode]), cell(report["save_call_s"][mode]), cell(report["write_s"][mode])]
             for mode in ("sync", "async")]
     lines += markdown_table(["save", "training time lost per save, s", "save call, s", "write, s"], rows, "lrrr")
-    done = "inside" if report["async_write_done_in_window"] else "NOT always inside"
+    done = ("inside their windows" if report["async_write_done_in_window"] else
+            f"after their windows' planned steps ({report['async_extra_steps']} steps added, counted in the stall)")
     lines += ["", f"async / sync stall (medians): {report['async_to_sync_stall_ratio']:.3f}; median of the paired "
-                  f"ratios: {report['paired_ratio_median']:.3f}; the background writes ended {done} their windows"]
+                  f"ratios: {report['paired_ratio_median']:.3f}; the background writes ended {done}"]
     return "\n".join(lines)
 
 
@@ -191,11 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved windows per kind of save")
     parser.add_argument("--window-steps", type=int, default=None, help="steps per window (default: calibrated)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's CPU threads for training (default: torch's own, one per core); fewer than the "
+                             "cores leaves the writer a core, as training on a GPU does")
     parser.add_argument("--dir", default="bench-stall", help="scratch folder for the files (removed at the end)")
     add_json_option(parser)
     args = parser.parse_args(argv)
     if args.parameters < 100 or args.repeats < 1:
         parser.error("--parameters must be at least 100 and --repeats at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
