@@ -143,7 +143,7 @@ def measure(parameters: float, repeats: int, folder: str, device: torch.device,
     # calibration (also the warm-up: snapshot buffers, page cache, allocator): steps alone, then one save of each
     calibrate = Windows(["none", "sync", "async"], 3, ckpts, device)
     run(trainer, calibrate, batch)
-    step_s = calibrate.results[0]["window_s"] / 3
+    step_s = calibrate.results[0]["window_s"] / calibrate.results[0]["steps"]
     if window_steps is None:  # room for the background write (slower than alone, sharing the CPU) plus the save
         window_steps = max(4, min(400, math.ceil(3 * max(writes["sync"] + writes["async"]) / step_s) + 2))
     writes = {"sync": [], "async": []}
